@@ -1,0 +1,266 @@
+// pybind11 glue only: argument conversion, buffer checks, GIL release. No model logic here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/model.h"
+#include "cpu/simd_kernels.h"
+#include "cuda_api.h"
+
+namespace py = pybind11;
+using namespace td;
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+DType dtype_from_code(int code) {
+  TD_CHECK(code >= 0 && code <= 2, "[bindings] unknown dtype code ", code);
+  return static_cast<DType>(code);
+}
+
+// A 1-D or 2-D C-contiguous buffer in a stored dtype -> WeightView (rows = 1 for vectors).
+WeightView weight_view(const py::array& a, int code, const std::string& what) {
+  const DType t = dtype_from_code(code);
+  TD_CHECK(a.itemsize() == dtype_size(t), "[bindings] ", what, ": element size ", a.itemsize(),
+           " does not match dtype ", dtype_name(t));
+  TD_CHECK(a.flags() & py::array::c_style, "[bindings] ", what, " must be C-contiguous");
+  TD_CHECK(a.ndim() == 1 || a.ndim() == 2, "[bindings] ", what, " must be 1-D or 2-D, got ", a.ndim(), "-D");
+  WeightView w;
+  w.data = a.data();
+  w.dtype = t;
+  w.rows = a.ndim() == 2 ? a.shape(0) : 1;
+  w.cols = a.ndim() == 2 ? a.shape(1) : a.shape(0);
+  return w;
+}
+
+RopeParams rope_from(const py::dict& c) {
+  RopeParams r;
+  r.inv_freq = c["inv_freq"].cast<std::vector<float>>();
+  r.attention_factor = c["attention_factor"].cast<float>();
+  r.qscale_beta = c["qscale_beta"].cast<float>();
+  r.qscale_length = c["qscale_length"].cast<int64_t>();
+  return r;
+}
+
+// Owns the Python buffers the weight views point into, so they outlive the native model.
+class PyModel {
+ public:
+  PyModel(const py::dict& cfg, const py::dict& weights, int capacity) {
+    ModelConfig c;
+    c.hidden = cfg["hidden"].cast<int>();
+    c.layers = cfg["layers"].cast<int>();
+    c.heads = cfg["heads"].cast<int>();
+    c.kv_heads = cfg["kv_heads"].cast<int>();
+    c.head_dim = cfg["head_dim"].cast<int>();
+    c.intermediate = cfg["intermediate"].cast<int>();
+    c.vocab = cfg["vocab"].cast<int>();
+    c.rms_eps = cfg["rms_eps"].cast<float>();
+    c.rope = rope_from(cfg);
+    c.validate();
+
+    auto get = [&](const std::string& name) {
+      TD_CHECK(weights.contains(name), "[model] weight ", name, " is missing");
+      py::tuple t = weights[py::str(name)].cast<py::tuple>();
+      py::array a = t[0].cast<py::array>();
+      owners_.push_back(a);
+      return weight_view(a, t[1].cast<int>(), name);
+    };
+    ModelWeights w;
+    w.embed = get("embed");
+    w.final_norm = get("final_norm");
+    w.head = get("head");
+    for (int i = 0; i < c.layers; ++i) {
+      const std::string p = "layers." + std::to_string(i) + ".";
+      LayerWeights L;
+      L.in_norm = get(p + "in_norm");
+      L.q = get(p + "q");
+      L.k = get(p + "k");
+      L.v = get(p + "v");
+      L.o = get(p + "o");
+      L.post_norm = get(p + "post_norm");
+      L.gate = get(p + "gate");
+      L.up = get(p + "up");
+      L.down = get(p + "down");
+      w.layers.push_back(L);
+    }
+    model_ = std::make_unique<Model>(std::move(c), std::move(w), capacity, cpu_backend());
+  }
+
+  py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids, int64_t start_pos,
+                             bool causal, bool write_cache, int logits_from) {
+    TD_CHECK(ids.ndim() == 1, "[forward] token ids must be 1-D, got ", ids.ndim(), "-D");
+    const int n = static_cast<int>(ids.shape(0));
+    TD_CHECK(n > 0, "[forward] the chunk is empty");
+    if (logits_from < 0) logits_from += n;
+    TD_CHECK(logits_from >= 0 && logits_from < n, "[forward] logits_from outside the chunk");
+    if (start_pos < 0) start_pos = model_->cache().length();
+    const int vocab = model_->config().vocab;
+    py::array_t<float> out({static_cast<py::ssize_t>(n - logits_from), static_cast<py::ssize_t>(vocab)});
+    const int32_t* idp = ids.data();
+    float* op = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      model_->forward(idp, n, start_pos, causal ? AttnMode::Causal : AttnMode::Bidirectional, write_cache,
+                      logits_from, op);
+    }
+    return out;
+  }
+
+  int cache_length() const { return model_->cache().length(); }
+  int capacity() const { return model_->cache().capacity(); }
+  int64_t cache_bytes() const { return model_->cache().bytes(); }
+  void reset() { model_->cache().reset(); }
+  void crop(int n) { model_->cache().crop(n); }
+
+ private:
+  std::vector<py::array> owners_;
+  std::unique_ptr<Model> model_;
+};
+
+void check_rows(const py::array& a, int64_t cols, const char* op, const char* what) {
+  TD_CHECK(a.ndim() == 2, "[", op, "] ", what, " must be 2-D, got ", a.ndim(), "-D");
+  TD_CHECK(a.shape(1) == cols, "[", op, "] ", what, " has ", a.shape(1), " columns, expected ", cols);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "tridecode native core";
+  py::register_exception<td::Error>(m, "TridecodeError", PyExc_ValueError);
+
+  m.def("cuda_compiled", &td::cuda::compiled);
+  m.def("cuda_device_count", &td::cuda::device_count);
+  m.def("cuda_device_name", &td::cuda::device_name);
+  m.def("cpu_isa", [] { return std::string(td::cpu::simd().isa); });
+  m.def("num_threads", [] { return omp_get_max_threads(); });
+  m.def("set_num_threads", [](int n) {
+    TD_CHECK(n > 0, "[set_num_threads] need at least one thread, got ", n);
+    omp_set_num_threads(n);
+  });
+
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const py::dict&, const py::dict&, int>(), py::arg("config"), py::arg("weights"),
+           py::arg("capacity"))
+      .def("forward", &PyModel::forward, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),
+           py::arg("write_cache"), py::arg("logits_from"))
+      .def_property_readonly("cache_length", &PyModel::cache_length)
+      .def_property_readonly("capacity", &PyModel::capacity)
+      .def_property_readonly("cache_bytes", &PyModel::cache_bytes)
+      .def("reset", &PyModel::reset)
+      .def("crop", &PyModel::crop);
+
+  // ---- single ops on numpy arrays (fp32 activations; weights in a stored dtype code) ----
+  m.def("rms_norm", [](F32Array x, py::array w, int wcode, float eps) {
+    check_rows(x, x.ndim() == 2 ? x.shape(1) : -1, "rms_norm", "x");
+    WeightView wv = weight_view(w, wcode, "w");
+    TD_CHECK(wv.rows == 1 && wv.cols == x.shape(1), "[rms_norm] w has ", wv.rows * wv.cols,
+             " elements, expected ", x.shape(1));
+    TD_CHECK(eps > 0.0f, "[rms_norm] eps must be positive, got ", eps);
+    py::array_t<float> out({x.shape(0), x.shape(1)});
+    const int n = static_cast<int>(x.shape(0)), dim = static_cast<int>(x.shape(1));
+    const float* xp = x.data();
+    float* op = out.mutable_data();
+    py::gil_scoped_release r;
+    cpu_backend().rms_norm(xp, wv, n, dim, eps, op);
+    return out;
+  });
+  m.def("matmul", [](F32Array x, py::array w, int wcode) {
+    WeightView wv = weight_view(w, wcode, "w");
+    TD_CHECK(w.ndim() == 2, "[matmul] w must be 2-D [n, k]");
+    check_rows(x, wv.cols, "matmul", "x");
+    TD_CHECK(x.shape(0) > 0, "[matmul] x has no rows");
+    py::array_t<float> out({x.shape(0), static_cast<py::ssize_t>(wv.rows)});
+    const int m = static_cast<int>(x.shape(0));
+    const float* xp = x.data();
+    float* op = out.mutable_data();
+    py::gil_scoped_release r;
+    cpu_backend().matmul(xp, m, wv, op);
+    return out;
+  });
+  m.def("rope", [](F32Array x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> positions,
+                   const py::dict& rope_cfg, bool is_query) {
+    TD_CHECK(x.ndim() == 3, "[rope] x must be [n, heads, head_dim], got ", x.ndim(), "-D");
+    TD_CHECK(positions.ndim() == 1 && positions.shape(0) == x.shape(0), "[rope] positions must be [n] with n = ",
+             x.shape(0));
+    RopeParams rp = rope_from(rope_cfg);
+    TD_CHECK(static_cast<py::ssize_t>(rp.inv_freq.size()) * 2 == x.shape(2), "[rope] head_dim ", x.shape(2),
+             " does not match ", rp.inv_freq.size(), " inverse frequencies");
+    py::array_t<float> out({x.shape(0), x.shape(1), x.shape(2)});
+    std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+    float* op = out.mutable_data();
+    const int64_t* pp = positions.data();
+    const int n = static_cast<int>(x.shape(0)), h = static_cast<int>(x.shape(1)), d = static_cast<int>(x.shape(2));
+    py::gil_scoped_release r;
+    cpu_backend().rope(op, n, h, d, pp, rp, is_query);
+    return out;
+  });
+  m.def("attention", [](F32Array q, F32Array k, F32Array v, bool causal, float scale) {
+    TD_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3,
+             "[attention] q, k, v must be 3-D ([n, heads, d], [T, kv_heads, d])");
+    TD_CHECK(k.shape(0) == v.shape(0) && k.shape(1) == v.shape(1) && k.shape(2) == v.shape(2),
+             "[attention] k and v shapes differ");
+    TD_CHECK(q.shape(2) == k.shape(2), "[attention] q head_dim ", q.shape(2), " != k head_dim ", k.shape(2));
+    TD_CHECK(k.shape(0) >= q.shape(0) && q.shape(0) > 0, "[attention] need 0 < n_q <= kv_len, got n_q ",
+             q.shape(0), ", kv_len ", k.shape(0));
+    TD_CHECK(k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0, "[attention] query heads ", q.shape(1),
+             " not a multiple of kv heads ", k.shape(1));
+    AttentionParams p;
+    py::array_t<float> out({q.shape(0), q.shape(1), q.shape(2)});
+    p.q = q.data(); p.k = k.data(); p.v = v.data(); p.out = out.mutable_data();
+    p.n_q = static_cast<int>(q.shape(0)); p.kv_len = static_cast<int>(k.shape(0));
+    p.heads = static_cast<int>(q.shape(1)); p.kv_heads = static_cast<int>(k.shape(1));
+    p.head_dim = static_cast<int>(q.shape(2));
+    p.kv_token_stride = k.shape(1) * k.shape(2); p.kv_head_stride = k.shape(2);
+    p.scale = scale; p.causal = causal;
+    py::gil_scoped_release r;
+    cpu_backend().attention(p);
+    return out;
+  });
+  m.def("swiglu", [](F32Array gate, F32Array up) {
+    TD_CHECK(gate.size() == up.size(), "[swiglu] gate and up sizes differ: ", gate.size(), " vs ", up.size());
+    py::array out(py::dtype::of<float>(), std::vector<py::ssize_t>(gate.shape(), gate.shape() + gate.ndim()));
+    float* op = static_cast<float*>(out.mutable_data());
+    const float* gp = gate.data();
+    const float* upp = up.data();
+    const int64_t n = gate.size();
+    py::gil_scoped_release r;
+    cpu_backend().swiglu(gp, upp, n, op);
+    return out;
+  });
+  m.def("argmax_confidence", [](F32Array logits, int exclude_id) {
+    TD_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "[argmax_confidence] logits must be [n, vocab]");
+    const int n = static_cast<int>(logits.shape(0)), vocab = static_cast<int>(logits.shape(1));
+    py::array_t<int32_t> idx(n);
+    py::array_t<float> conf(n);
+    const float* lp = logits.data();
+    int32_t* ip = idx.mutable_data();
+    float* cp = conf.mutable_data();
+    {
+      py::gil_scoped_release r;
+      cpu_backend().argmax_confidence(lp, n, vocab, exclude_id, ip, cp);
+    }
+    return py::make_tuple(idx, conf);
+  });
+  m.def("cuda_rms_norm", [](F32Array x, py::array w, int wcode, float eps) {
+    check_rows(x, x.ndim() == 2 ? x.shape(1) : -1, "rms_norm", "x");
+    WeightView wv = weight_view(w, wcode, "w");
+    TD_CHECK(wv.rows == 1 && wv.cols == x.shape(1), "[rms_norm] w has ", wv.rows * wv.cols,
+             " elements, expected ", x.shape(1));
+    py::array_t<float> out({x.shape(0), x.shape(1)});
+    const int n = static_cast<int>(x.shape(0)), dim = static_cast<int>(x.shape(1));
+    const float* xp = x.data();
+    const void* wp = wv.data;
+    float* op = out.mutable_data();
+    py::gil_scoped_release r;
+    td::cuda::rms_norm_host(xp, wp, wv.dtype, n, dim, eps, op);
+    return out;
+  });
+}

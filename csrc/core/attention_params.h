@@ -1,0 +1,31 @@
+// One parameter struct shared by every attention implementation (CPU now, CUDA later).
+//
+// Mask convention (the only one in the project): the chunk's n_q queries are the LAST n_q of the kv_len
+// keys. Causal is bottom-right aligned: query i sees key j iff j <= kv_len - n_q + i. Bidirectional sees
+// every key. GQA: query head h reads kv head h / (heads / kv_heads).
+#pragma once
+#include <cstdint>
+
+namespace td {
+
+struct AttentionParams {
+  const float* q = nullptr;  // [n_q, heads, head_dim], contiguous
+  const float* k = nullptr;  // element (t, g, d) at k[t * kv_token_stride + g * kv_head_stride + d]
+  const float* v = nullptr;  // same strides as k
+  float* out = nullptr;      // [n_q, heads, head_dim], contiguous
+  int n_q = 0;
+  int kv_len = 0;            // keys visible to the last query (cache length + n_q)
+  int heads = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int64_t kv_token_stride = 0;
+  int64_t kv_head_stride = 0;
+  float scale = 1.0f;        // usually 1/sqrt(head_dim)
+  bool causal = true;
+};
+
+inline bool attention_visible(const AttentionParams& p, int qi, int kj) {
+  return !p.causal || kj <= p.kv_len - p.n_q + qi;
+}
+
+}  // namespace td

@@ -1,0 +1,32 @@
+#include "core/kv_cache.h"
+
+#include "core/check.h"
+
+namespace td {
+
+KVCache::KVCache(int layers, int kv_heads, int head_dim, int capacity)
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity) {
+  TD_CHECK(capacity > 0, "[kv_cache] capacity must be positive, got ", capacity);
+  layer_stride_ = static_cast<int64_t>(kv_heads) * capacity * head_dim;
+  k_.assign(static_cast<size_t>(layer_stride_) * layers, 0.0f);
+  v_.assign(static_cast<size_t>(layer_stride_) * layers, 0.0f);
+}
+
+void KVCache::crop(int new_length) {
+  TD_CHECK(new_length >= 0 && new_length <= length_, "[kv_cache] cannot crop to ", new_length,
+           " tokens: the cache holds ", length_);
+  length_ = new_length;
+}
+
+void KVCache::check_room(int n) const {
+  TD_CHECK(n >= 0 && static_cast<int64_t>(length_) + n <= capacity_, "[kv_cache] a chunk of ", n,
+           " tokens after ", length_, " cached tokens exceeds the cache capacity of ", capacity_,
+           " tokens (load the model with a larger max_context)");
+}
+
+void KVCache::append(int n) {
+  check_room(n);
+  length_ += n;
+}
+
+}  // namespace td

@@ -1,0 +1,58 @@
+// The transformer forward: one chunk of tokens over the KV cache, in either attention pattern.
+// It calls the backend only; no maths lives here.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/kv_cache.h"
+#include "core/tensor.h"
+
+namespace td {
+
+struct LayerWeights {
+  WeightView in_norm;    // [1, hidden]
+  WeightView q, k, v;    // [heads*head_dim, hidden], [kv_heads*head_dim, hidden] x2
+  WeightView o;          // [hidden, heads*head_dim]
+  WeightView post_norm;  // [1, hidden]
+  WeightView gate, up;   // [intermediate, hidden]
+  WeightView down;       // [hidden, intermediate]
+};
+
+struct ModelWeights {
+  WeightView embed;       // [vocab, hidden]
+  WeightView final_norm;  // [1, hidden]
+  WeightView head;        // [vocab, hidden] (the embedding itself when tied)
+  std::vector<LayerWeights> layers;
+};
+
+enum class AttnMode { Causal = 0, Bidirectional = 1 };
+
+class Model {
+ public:
+  Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend);
+
+  const ModelConfig& config() const { return cfg_; }
+  KVCache& cache() { return cache_; }
+  Backend& backend() { return backend_; }
+
+  // Runs ids[0..n) at absolute positions start_pos..start_pos+n-1 over the cached tokens. The chunk's
+  // K/V land in cache rows length..length+n-1; write_cache commits them (only allowed in causal mode).
+  // Logits are produced for rows logits_from..n-1 into logits [(n - logits_from), vocab].
+  void forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache, int logits_from,
+               float* logits);
+
+ private:
+  ModelConfig cfg_;
+  ModelWeights w_;
+  Backend& backend_;
+  KVCache cache_;
+  // Scratch, grown on demand: [n, hidden], [n, q_dim], [n, kv_dim] x2, [n, intermediate] x2.
+  std::vector<float> x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_;
+  std::vector<int64_t> pos_;
+};
+
+void validate_weights(const ModelConfig& cfg, const ModelWeights& w);
+
+}  // namespace td

@@ -1,0 +1,121 @@
+#include "cpu/cpu_backend.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/check.h"
+#include "cpu/simd_kernels.h"
+
+namespace td {
+
+Backend& cpu_backend() {
+  static cpu::CpuBackend backend;
+  return backend;
+}
+
+namespace cpu {
+
+const SimdKernels& simd() {
+  static const SimdKernels k = [] {
+#if defined(__x86_64__) && defined(TD_HAVE_X86_KERNELS)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+      return SimdKernels{"avx512", dot_tile_avx512, to_f32_avx512, dot_avx512};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return SimdKernels{"avx2", dot_tile_avx2, to_f32_avx2, dot_avx2};
+#endif
+    return SimdKernels{"generic", dot_tile_generic, to_f32_generic, dot_generic};
+  }();
+  return k;
+}
+
+void CpuBackend::embed(const WeightView& table, const int32_t* ids, int n, float* out) {
+  for (int i = 0; i < n; ++i) simd().to_f32(table.row_ptr(ids[i]), table.dtype, table.cols, out + i * table.cols);
+}
+
+void CpuBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
+  std::vector<float> wf(dim);
+  simd().to_f32(w.data, w.dtype, dim, wf.data());
+#pragma omp parallel for schedule(static) if (n > 1)
+  for (int i = 0; i < n; ++i) {
+    const float* xi = x + static_cast<int64_t>(i) * dim;
+    float* oi = out + static_cast<int64_t>(i) * dim;
+    // mean of squares accumulated in double: the reference accumulates fp32 pairwise, and double keeps us
+    // closer to the exact value than either.
+    double ss = 0.0;
+    for (int j = 0; j < dim; ++j) ss += static_cast<double>(xi[j]) * xi[j];
+    const float var = static_cast<float>(ss / dim);
+    const float r = 1.0f / std::sqrt(var + eps);
+    for (int j = 0; j < dim; ++j) oi[j] = wf[j] * (xi[j] * r);
+  }
+}
+
+void CpuBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
+                      bool is_query) {
+  const int half = head_dim / 2;
+  TD_CHECK(static_cast<int>(rp.inv_freq.size()) == half, "[rope] inv_freq has ", rp.inv_freq.size(),
+           " entries, expected ", half);
+#pragma omp parallel for schedule(static) if (n > 1)
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> cs(half), sn(half);
+    const float pos = static_cast<float>(positions[i]);
+    for (int j = 0; j < half; ++j) {
+      const float angle = pos * rp.inv_freq[j];  // fp32 product, as the reference computes it
+      cs[j] = std::cos(angle) * rp.attention_factor;
+      sn[j] = std::sin(angle) * rp.attention_factor;
+    }
+    float qscale = 1.0f;
+    if (is_query && rp.qscale_beta != 0.0f) {
+      const float steps = std::floor(pos / static_cast<float>(rp.qscale_length));
+      qscale = 1.0f + rp.qscale_beta * std::log(1.0f + steps);
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + (static_cast<int64_t>(i) * heads + h) * head_dim;
+      for (int j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        // rotate-half: [a, b] -> [a cos - b sin, b cos + a sin]
+        v[j] = (a * cs[j] - b * sn[j]) * qscale;
+        v[j + half] = (b * cs[j] + a * sn[j]) * qscale;
+      }
+    }
+  }
+}
+
+void CpuBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void CpuBackend::add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void CpuBackend::argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
+                                   float* conf) {
+  TD_CHECK(vocab > 0, "[argmax_confidence] empty vocabulary");
+  TD_CHECK(!(vocab == 1 && exclude_id == 0), "[argmax_confidence] every id is excluded");
+#pragma omp parallel for schedule(static) if (n > 1)
+  for (int i = 0; i < n; ++i) {
+    const float* l = logits + static_cast<int64_t>(i) * vocab;
+    int best = -1;
+    float best_v = -INFINITY;
+    float row_max = -INFINITY;
+    for (int j = 0; j < vocab; ++j) {
+      row_max = std::fmax(row_max, l[j]);
+      if (j == exclude_id) continue;
+      if (best < 0 || l[j] > best_v) { best = j; best_v = l[j]; }  // strict >: first index wins ties
+    }
+    // Softmax over the whole row (the excluded id still takes probability mass, as in the reference).
+    double denom = 0.0;
+    for (int j = 0; j < vocab; ++j) denom += std::exp(static_cast<double>(l[j]) - row_max);
+    idx[i] = best;
+    conf[i] = static_cast<float>(std::exp(static_cast<double>(best_v) - row_max) / denom);
+  }
+}
+
+}  // namespace cpu
+}  // namespace td

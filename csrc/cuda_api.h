@@ -1,0 +1,19 @@
+// What the CUDA side offers the rest of the project. cuda/*.cu implement it when CMake finds nvcc;
+// no_cuda.cpp implements it otherwise (cuda_compiled() false, every op throws).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace td::cuda {
+
+bool compiled();          // was the CUDA backend built in?
+int device_count();       // 0 when there is no driver, no device, or any error from the query
+std::string device_name(int device);
+
+// RMSNorm on the GPU over host buffers (staged through device memory):  x, out [n, dim] fp32;
+// w [dim] in dtype wt. The first CUDA kernel; the full device backend comes later.
+void rms_norm_host(const float* x, const void* w, DType wt, int n, int dim, float eps, float* out);
+
+}  // namespace td::cuda

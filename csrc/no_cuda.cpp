@@ -1,0 +1,14 @@
+// Chosen by CMake when the CUDA backend is not built.
+#include "core/check.h"
+#include "cuda_api.h"
+
+namespace td::cuda {
+
+bool compiled() { return false; }
+int device_count() { return 0; }
+std::string device_name(int) { throw Error("[cuda] tridecode was built without the CUDA backend"); }
+void rms_norm_host(const float*, const void*, DType, int, int, float, float*) {
+  throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
+}
+
+}  // namespace td::cuda

@@ -1,0 +1,41 @@
+"""tridecode: a lean native inference runtime for tri-mode (AR / block diffusion / self-speculation)
+language models."""
+
+from __future__ import annotations
+
+from . import _C, ops
+from .config import ModelConfig, load_config, parse_config
+from .errors import CheckpointError, NativeError
+from .loader import load
+from .model import Model
+from .result import GenerateResult
+from .sampling import SamplingParams
+
+__version__ = "0.1.0"
+
+
+def cuda_compiled() -> bool:
+    """True when this build contains the CUDA backend."""
+    return bool(_C.cuda_compiled())
+
+
+def cuda_available() -> bool:
+    """True when the CUDA backend is built and a device answers. Any error from the driver means False."""
+    try:
+        return bool(_C.cuda_compiled()) and _C.cuda_device_count() > 0
+    except Exception:
+        return False
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU backend (default: OpenMP's, usually the number of cores)."""
+    _C.set_num_threads(int(n))
+
+
+def num_threads() -> int:
+    return int(_C.num_threads())
+
+
+__all__ = ["load", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
+           "cuda_available", "cuda_compiled", "set_num_threads", "num_threads", "load_config", "parse_config",
+           "ops", "__version__"]

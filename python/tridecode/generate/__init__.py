@@ -1,0 +1,5 @@
+"""The generate loops, one per decoding mode."""
+
+from .ar import ar_generate
+
+__all__ = ["ar_generate"]

@@ -1,0 +1,154 @@
+"""Checkpoint directory -> native model. Validates names, shapes and dtypes against config.json and
+hands the memory-mapped tensors to the native core without copying them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _C
+from .config import ModelConfig, load_config
+from .errors import CheckpointError
+from .rope import native_rope_params
+from .safetensors_io import SUPPORTED_DTYPES, Checkpoint
+
+#: Per-layer tensors: native name -> (HF suffix, shape function of the config).
+_LAYER_TENSORS = {
+    "in_norm": ("input_layernorm.weight", lambda c: (c.hidden_size,)),
+    "q": ("self_attn.q_proj.weight", lambda c: (c.num_attention_heads * c.head_dim, c.hidden_size)),
+    "k": ("self_attn.k_proj.weight", lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
+    "v": ("self_attn.v_proj.weight", lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size)),
+    "o": ("self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_attention_heads * c.head_dim)),
+    "post_norm": ("post_attention_layernorm.weight", lambda c: (c.hidden_size,)),
+    "gate": ("mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    "up": ("mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    "down": ("mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size)),
+}
+
+#: Names of tensors a checkpoint may carry that inference never reads.
+_IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
+
+_DTYPE_ALIASES = {
+    None: None, "auto": None,
+    "float32": "F32", "fp32": "F32", "f32": "F32",
+    "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
+    "bfloat16": "BF16", "bf16": "BF16",
+}
+
+
+def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[str, tuple]]:
+    """native name -> (checkpoint tensor name, expected shape)."""
+    p = cfg.prefix
+    head_name = "diffusion_head.weight" if cfg.is_tri_mode else "lm_head.weight"
+    out = {
+        "embed": (f"{p}embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size)),
+        "final_norm": (f"{p}norm.weight", (cfg.hidden_size,)),
+        "head": (head_name, (cfg.vocab_size, cfg.hidden_size)),
+    }
+    for i in range(cfg.num_hidden_layers):
+        for native, (suffix, shape) in _LAYER_TENSORS.items():
+            out[f"layers.{i}.{native}"] = (f"{p}layers.{i}.{suffix}", shape(cfg))
+    return out
+
+
+def _convert(arr: np.ndarray, code: int, target: str) -> tuple[np.ndarray, int]:
+    """Casts a stored tensor to another storage dtype (this copies; only done when asked for)."""
+    src = {0: "F32", 1: "F16", 2: "BF16"}[code]
+    if src == target:
+        return arr, code
+    f32 = arr.astype(np.float32) if src != "BF16" else (arr.astype(np.uint32) << 16).view(np.float32)
+    if target == "F32":
+        return np.ascontiguousarray(f32), 0
+    if target == "F16":
+        return np.ascontiguousarray(f32.astype(np.float16)), 1
+    bits = np.ascontiguousarray(f32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    return rounded, 2
+
+
+def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
+    """Returns ({native name: (array, dtype code)}, Checkpoint). Raises CheckpointError on any mismatch."""
+    target = _DTYPE_ALIASES.get(dtype if dtype is None else str(dtype).lower(), "?")
+    if target == "?":
+        raise ValueError(f"load: unsupported dtype {dtype!r} (use None, 'float32', 'float16' or 'bfloat16')")
+    ckpt = Checkpoint(directory)
+    expected = expected_tensors(cfg)
+    present = ckpt.names()
+    tied = False
+    if expected["head"][0] not in present and cfg.tie_word_embeddings and not cfg.is_tri_mode:
+        expected["head"] = (expected["embed"][0], expected["head"][1])
+        tied = True
+    wanted = {name for name, _ in expected.values()}
+    missing = sorted(wanted - present)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{directory}: missing tensor {missing[0]}{more}")
+    unexpected = sorted(t for t in present - wanted if not t.endswith(_IGNORABLE_SUFFIXES)
+                        and not (t == "lm_head.weight" and cfg.tie_word_embeddings))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{ckpt.file_of(unexpected[0])}: unexpected tensor {unexpected[0]}{more}")
+    out = {}
+    for native, (tname, shape) in expected.items():
+        info = ckpt.info(tname)
+        if info.shape != tuple(shape):
+            raise CheckpointError(f"{ckpt.file_of(tname)}: tensor {tname} has shape {list(info.shape)}, "
+                                  f"expected {list(shape)}")
+        if info.dtype not in SUPPORTED_DTYPES:
+            raise CheckpointError(f"{ckpt.file_of(tname)}: tensor {tname} has unsupported dtype {info.dtype} "
+                                  f"(supported: {', '.join(SUPPORTED_DTYPES)})")
+        arr, code = ckpt.array(tname)
+        if target is not None:
+            arr, code = _convert(arr, code, target)
+        out[native] = (arr, code)
+    return out, ckpt, tied
+
+
+def native_config(cfg: ModelConfig) -> dict:
+    return {
+        "hidden": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate": cfg.intermediate_size,
+        "vocab": cfg.vocab_size,
+        "rms_eps": cfg.rms_norm_eps,
+        **native_rope_params(cfg.rope, cfg.head_dim),
+    }
+
+
+def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None):
+    """Loads a Hugging Face checkpoint directory.
+
+    path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
+        optionally tokenizer.json.
+    device: "cpu" (the CUDA backend is not available for whole models yet).
+    dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32, memory-mapped, no copy); "float32",
+        "float16" or "bfloat16" converts at load (a copy).
+    max_context: KV-cache capacity in tokens (default min(max_position_embeddings, 4096)).
+    """
+    from .model import Model  # local import: model.py imports this module
+
+    directory = os.fspath(path)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: not a directory")
+    if device != "cpu":
+        if device == "cuda":
+            raise ValueError("load: device='cuda' is not supported yet: whole-model CUDA execution is not "
+                             "implemented; use device='cpu'")
+        raise ValueError(f"load: unknown device {device!r} (use 'cpu')")
+    cfg = load_config(directory)
+    if max_context is None:
+        max_context = min(cfg.max_position_embeddings, 4096)
+    if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+        raise ValueError(f"load: max_context must be a positive integer, got {max_context!r}")
+    weights, ckpt, tied = load_weights(directory, cfg, dtype)
+    native = _C.Model(native_config(cfg), weights, max_context)
+    tokenizer = None
+    tok_path = os.path.join(directory, "tokenizer.json")
+    if os.path.exists(tok_path):
+        from .tokenizer import Tokenizer
+        tokenizer = Tokenizer.from_file(tok_path)
+    return Model(native, cfg, weights, directory=directory, tokenizer=tokenizer, tied=tied)

@@ -1,0 +1,180 @@
+"""Reading safetensors files without torch: the header is validated, the data memory-mapped.
+
+Tensors come back as numpy views into one read-only memory map per file, so loading never makes a second
+copy of the weights. numpy has no bfloat16, so BF16 tensors are uint16 views tagged with their dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CheckpointError
+
+#: Headers larger than this are refused (the format's own readers use the same bound).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+#: safetensors dtype -> (numpy storage dtype, element size, native code). Native codes match csrc/core/dtype.h.
+SUPPORTED_DTYPES = {
+    "F32": (np.dtype("<f4"), 4, 0),
+    "F16": (np.dtype("<f2"), 2, 1),
+    "BF16": (np.dtype("<u2"), 2, 2),
+}
+_KNOWN_DTYPES = {"BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
+                 "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str           # safetensors dtype string, e.g. "BF16"
+    shape: tuple
+    begin: int           # byte offsets into the data section
+    end: int
+
+
+class SafetensorsFile:
+    """One .safetensors file: a validated header plus a lazily created read-only memory map."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        self.name = os.path.basename(self.path)
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                prefix = f.read(8)
+                if len(prefix) < 8:
+                    raise CheckpointError(f"{self.name}: file is truncated ({size} bytes, no header length)")
+                header_len = int.from_bytes(prefix, "little")
+                if header_len > MAX_HEADER_BYTES:
+                    raise CheckpointError(
+                        f"{self.name}: header length {header_len} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+                if header_len > size - 8:
+                    raise CheckpointError(
+                        f"{self.name}: header length {header_len} bytes exceeds the file size ({size} bytes): "
+                        "the file is truncated or not a safetensors file")
+                raw = f.read(header_len)
+        except OSError as e:
+            raise CheckpointError(f"{self.name}: cannot read: {e}") from e
+        self.data_start = 8 + header_len
+        self.data_size = size - self.data_start
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.name}: malformed header (not valid JSON: {e})") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.name}: malformed header (expected a JSON object)")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.tensors: dict[str, TensorInfo] = {}
+        for tname, entry in header.items():
+            self.tensors[tname] = self._parse_entry(tname, entry)
+        self._map = None
+
+    def _parse_entry(self, tname: str, entry) -> TensorInfo:
+        where = f"{self.name}: tensor {tname}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise CheckpointError(f"{where}: malformed header entry (needs dtype, shape, data_offsets)")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _KNOWN_DTYPES:
+            raise CheckpointError(f"{where}: malformed header: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise CheckpointError(f"{where}: malformed header: bad shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise CheckpointError(f"{where}: malformed header: bad data_offsets {offs!r}")
+        begin, end = offs
+        if begin < 0 or end < begin:
+            raise CheckpointError(f"{where}: data_offsets {offs} are out of order")
+        if end > self.data_size:
+            raise CheckpointError(
+                f"{where}: data_offsets {offs} lie beyond the data section ({self.data_size} bytes): "
+                "offsets out of range or the file is truncated")
+        if dtype in SUPPORTED_DTYPES:
+            want = int(np.prod(shape, dtype=np.int64)) * SUPPORTED_DTYPES[dtype][1]
+            if end - begin != want:
+                raise CheckpointError(
+                    f"{where}: data_offsets {offs} span {end - begin} bytes, but shape {shape} of {dtype} "
+                    f"needs {want}")
+        return TensorInfo(tname, dtype, tuple(shape), begin, end)
+
+    def _mapped(self) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map
+
+    def array(self, tname: str) -> tuple[np.ndarray, int]:
+        """The tensor as a read-only numpy view (no copy) and its native dtype code."""
+        info = self.tensors[tname]
+        if info.dtype not in SUPPORTED_DTYPES:
+            raise CheckpointError(
+                f"{self.name}: tensor {tname} has unsupported dtype {info.dtype} "
+                f"(supported: {', '.join(SUPPORTED_DTYPES)})")
+        np_dtype, itemsize, code = SUPPORTED_DTYPES[info.dtype]
+        start = self.data_start + info.begin
+        if start % itemsize:
+            raise CheckpointError(f"{self.name}: tensor {tname} starts at a misaligned byte offset {start}")
+        raw = self._mapped()[start:self.data_start + info.end]
+        return raw.view(np_dtype).reshape(info.shape), code
+
+
+class Checkpoint:
+    """All tensors of a model directory: one file or shards listed by model.safetensors.index.json."""
+
+    def __init__(self, directory: str):
+        self.directory = os.fspath(directory)
+        self.files: dict[str, SafetensorsFile] = {}
+        self.where: dict[str, SafetensorsFile] = {}
+        index = os.path.join(self.directory, "model.safetensors.index.json")
+        single = os.path.join(self.directory, "model.safetensors")
+        if os.path.exists(index):
+            self._load_index(index)
+        elif os.path.exists(single):
+            f = SafetensorsFile(single)
+            self.files[f.name] = f
+            self.where = {t: f for t in f.tensors}
+        else:
+            raise CheckpointError(
+                f"{self.directory}: no model.safetensors or model.safetensors.index.json found")
+
+    def _load_index(self, index: str) -> None:
+        name = os.path.basename(index)
+        try:
+            with open(index, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{name}: malformed JSON: {e}") from e
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{name}: missing or empty 'weight_map'")
+        for tname, fname in weight_map.items():
+            if not isinstance(fname, str) or os.path.basename(fname) != fname:
+                raise CheckpointError(f"{name}: tensor {tname} maps to an invalid file name {fname!r}")
+            if fname not in self.files:
+                path = os.path.join(self.directory, fname)
+                if not os.path.exists(path):
+                    raise CheckpointError(f"{name}: shard {fname} (holding {tname}) does not exist")
+                self.files[fname] = SafetensorsFile(path)
+            shard = self.files[fname]
+            if tname not in shard.tensors:
+                raise CheckpointError(f"{name}: tensor {tname} is listed in {fname} but that file lacks it")
+            self.where[tname] = shard
+        for shard in self.files.values():
+            for tname in shard.tensors:
+                if tname not in weight_map:
+                    raise CheckpointError(f"{shard.name}: tensor {tname} is not listed in {name}")
+
+    def names(self) -> set[str]:
+        return set(self.where)
+
+    def info(self, tname: str) -> TensorInfo:
+        return self.where[tname].tensors[tname]
+
+    def file_of(self, tname: str) -> str:
+        return self.where[tname].name
+
+    def array(self, tname: str) -> tuple[np.ndarray, int]:
+        return self.where[tname].array(tname)
