@@ -16,7 +16,8 @@ void CpuBackend::attention(const AttentionParams& p) {
   const int group = p.heads / p.kv_heads;
   const int d = p.head_dim;
   const SimdKernels& K = simd();
-#pragma omp parallel
+  const bool parallel = static_cast<double>(p.n_q) * p.heads * p.kv_len * d >= (1 << 17);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> s(p.kv_len);
     std::vector<float> acc(d);

@@ -37,7 +37,7 @@ void CpuBackend::embed(const WeightView& table, const int32_t* ids, int n, float
 void CpuBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
   std::vector<float> wf(dim);
   simd().to_f32(w.data, w.dtype, dim, wf.data());
-#pragma omp parallel for schedule(static) if (n > 1)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * dim >= (1 << 16))
   for (int i = 0; i < n; ++i) {
     const float* xi = x + static_cast<int64_t>(i) * dim;
     float* oi = out + static_cast<int64_t>(i) * dim;
@@ -56,7 +56,7 @@ void CpuBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* p
   const int half = head_dim / 2;
   TD_CHECK(static_cast<int>(rp.inv_freq.size()) == half, "[rope] inv_freq has ", rp.inv_freq.size(),
            " entries, expected ", half);
-#pragma omp parallel for schedule(static) if (n > 1)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * heads * head_dim >= (1 << 16))
   for (int i = 0; i < n; ++i) {
     std::vector<float> cs(half), sn(half);
     const float pos = static_cast<float>(positions[i]);
@@ -98,7 +98,7 @@ void CpuBackend::argmax_confidence(const float* logits, int n, int vocab, int ex
                                    float* conf) {
   TD_CHECK(vocab > 0, "[argmax_confidence] empty vocabulary");
   TD_CHECK(!(vocab == 1 && exclude_id == 0), "[argmax_confidence] every id is excluded");
-#pragma omp parallel for schedule(static) if (n > 1)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * vocab >= (1 << 16))
   for (int i = 0; i < n; ++i) {
     const float* l = logits + static_cast<int64_t>(i) * vocab;
     int best = -1;

@@ -10,13 +10,18 @@
 
 namespace td::cpu {
 
+constexpr double kParallelMinWork = 1 << 18;  // multiply-adds
+
 void CpuBackend::matmul(const float* x, int m, const WeightView& w, float* out) {
   TD_CHECK(m > 0, "[matmul] no input rows");
   const int64_t n = w.rows, k = w.cols;
   const SimdKernels& K = simd();
   constexpr int kRows = 4;
   const int64_t blocks = (n + kRows - 1) / kRows;
-#pragma omp parallel
+  // Threads pay off only on real work: a parallel region costs microseconds, and far more when another
+  // process holds the other cores, so tiny products stay on the calling thread.
+  const bool parallel = static_cast<double>(m) * n * k >= kParallelMinWork;
+#pragma omp parallel if (parallel)
   {
     std::vector<float> buf(w.dtype == DType::F32 ? 0 : static_cast<size_t>(kRows * k));
 #pragma omp for schedule(static)

@@ -1,0 +1,206 @@
+"""One parity table: every op case runs on every backend that implements it and is compared with the
+float64 numpy reference by normalized error (max |out - ref| / max |ref|), with a NaN/Inf check.
+
+Tolerances: an fp32 kernel's error against fp64 is a few ulps times sqrt(reduction length); the bounds below
+are about twice what a naive fp32 loop gives on these sizes."""
+
+import numpy as np
+import pytest
+
+from tridecode import ops
+from tridecode import reference as ref
+from tridecode.rope import inv_freq
+from tridecode.config import RopeConfig
+
+from conftest import available_devices, require_cuda_or_skip
+
+TOL = {
+    "rms_norm": 2e-6,
+    "matmul": 2e-6,
+    "rope": 2e-6,
+    "rope_long": 2e-4,   # angles in the tens of thousands of radians: fp32 rounding of pos * inv_freq
+    "attention": 2e-6,
+    "swiglu": 2e-6,
+}
+
+rng = np.random.default_rng(1234)
+
+
+def bf16_bits(a):
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_values(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def norm_err(out, want):
+    out = np.asarray(out, np.float64)
+    assert np.isfinite(out).all(), "output holds NaN/Inf"
+    assert out.shape == want.shape, f"shape {out.shape} != {want.shape}"
+    return float(np.abs(out - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def case_rms_norm(device, wdtype):
+    x = rng.standard_normal((7, 96)).astype(np.float32) * 3
+    w = (1 + 0.1 * rng.standard_normal(96)).astype(np.float32)
+    if wdtype == "float16":
+        w = w.astype(np.float16)
+        got = ops.rms_norm(x, w, 1e-5, device=device)
+        want = ref.rms_norm(x, w.astype(np.float32), 1e-5)
+    elif wdtype == "bfloat16":
+        bits = bf16_bits(w)
+        got = ops.rms_norm(x, bits, 1e-5, weight_dtype="bfloat16", device=device)
+        want = ref.rms_norm(x, bf16_values(bits), 1e-5)
+    else:
+        got = ops.rms_norm(x, w, 1e-5, device=device)
+        want = ref.rms_norm(x, w, 1e-5)
+    return got, want
+
+
+def case_matmul(m, wdtype):
+    def run(device):
+        k, n = 200, 67    # k not a multiple of any vector width, n not a multiple of the 4-row tile
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        if wdtype == "bfloat16":
+            bits = bf16_bits(w)
+            return ops.matmul(x, bits, weight_dtype="bfloat16"), ref.matmul(x, bf16_values(bits))
+        if wdtype == "float16":
+            w16 = w.astype(np.float16)
+            return ops.matmul(x, w16), ref.matmul(x, w16.astype(np.float32))
+        return ops.matmul(x, w), ref.matmul(x, w)
+    return run
+
+
+def case_rope(positions, is_query, beta):
+    def run(device):
+        rc = RopeConfig("yarn", 1e6, factor=16.0, original_max_position_embeddings=16384, mscale=1.0,
+                        mscale_all_dim=1.0)
+        freqs, af = inv_freq(rc, 32)
+        pos = np.asarray(positions, np.int64)
+        x = rng.standard_normal((len(pos), 3, 32)).astype(np.float32)
+        got = ops.rope(x, pos, freqs, af, beta, 16384, is_query)
+        # The reference takes the fp32 angle the kernel (and the HF reference) uses, evaluated in fp64.
+        ang32 = (pos.astype(np.float32)[:, None] * freqs[None, :]).astype(np.float64)
+        # ref.rope with positions 1 and per-row inv_freq = the fp32 angle reproduces that exactly.
+        want = np.stack([ref.rope(x[i:i + 1], [1], ang32[i], af, 0.0, 16384, False)[0] for i in range(len(pos))])
+        if is_query and beta:
+            want = want * (1 + beta * np.log1p(np.floor(pos / 16384.0)))[:, None, None]
+        return got, want
+    return run
+
+
+def case_attention(n_q, kv_len, heads, kv_heads, d, causal):
+    def run(device):
+        q = rng.standard_normal((n_q, heads, d)).astype(np.float32)
+        k = rng.standard_normal((kv_len, kv_heads, d)).astype(np.float32)
+        v = rng.standard_normal((kv_len, kv_heads, d)).astype(np.float32)
+        return ops.attention(q, k, v, causal=causal), ref.attention(q, k, v, causal=causal)
+    return run
+
+
+def case_swiglu(device):
+    g = rng.standard_normal((5, 300)).astype(np.float32) * 4
+    u = rng.standard_normal((5, 300)).astype(np.float32)
+    return ops.swiglu(g, u), ref.swiglu(g, u)
+
+
+# (name, tolerance key, function(device), devices that implement it)
+CASES = [
+    *[(f"rms_norm-{wd}", "rms_norm", (lambda wd: lambda dev: case_rms_norm(dev, wd))(wd), ("cpu", "cuda"))
+      for wd in ("float32", "float16", "bfloat16")],
+    *[(f"matmul-m{m}-{wd}", "matmul", case_matmul(m, wd), ("cpu",))
+      for m in (1, 3, 4, 9, 32) for wd in ("float32", "float16", "bfloat16")],
+    ("rope-q-short", "rope", case_rope([0, 1, 5, 13, 100, 2047], True, 0.1), ("cpu",)),
+    ("rope-k-short", "rope", case_rope([0, 7, 300], False, 0.1), ("cpu",)),
+    ("rope-q-long", "rope_long", case_rope([16383, 16384, 20000, 40000, 100000], True, 0.1), ("cpu",)),
+    ("rope-k-long", "rope_long", case_rope([16384, 50000], False, 0.1), ("cpu",)),
+    *[(f"attention-n{n}-T{T}-h{h}/{g}-d{d}-{'causal' if c else 'bidir'}", "attention",
+       case_attention(n, T, h, g, d, c), ("cpu",))
+      for (n, T, h, g, d) in [(1, 1, 4, 4, 16), (1, 37, 8, 2, 64), (8, 8, 4, 2, 16), (8, 45, 4, 1, 32),
+                              (32, 100, 8, 8, 128), (5, 5, 2, 1, 64)]
+      for c in (True, False)],
+    ("swiglu", "swiglu", case_swiglu, ("cpu",)),
+]
+
+PARAMS = [pytest.param(fn, TOL[tol], dev, id=f"{name}-{dev}")
+          for name, tol, fn, devs in CASES for dev in ("cpu", "cuda") if dev in devs]
+
+
+@pytest.mark.parametrize("fn,tol,device", PARAMS)
+def test_op_matches_reference(fn, tol, device):
+    if device == "cuda":
+        require_cuda_or_skip()
+    got, want = fn(device)
+    assert norm_err(got, want) <= tol
+
+
+def test_causal_first_query_sees_only_first_key():
+    # n_q == kv_len: query 0 may only read key 0, so its output is exactly v[0] (per head group).
+    q = rng.standard_normal((6, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((6, 2, 16)).astype(np.float32)
+    v = rng.standard_normal((6, 2, 16)).astype(np.float32)
+    out = ops.attention(q, k, v, causal=True)
+    np.testing.assert_allclose(out[0, :2], v[0, [0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 2:], v[0, [1, 1]], rtol=1e-6)
+
+
+def test_bidirectional_ignores_query_order():
+    q = rng.standard_normal((5, 2, 16)).astype(np.float32)
+    k = rng.standard_normal((9, 1, 16)).astype(np.float32)
+    v = rng.standard_normal((9, 1, 16)).astype(np.float32)
+    full = ops.attention(q, k, v, causal=False)
+    single = ops.attention(q[:1], k, v, causal=False)
+    np.testing.assert_allclose(full[:1], single, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n,vocab", [(1, 10), (4, 256), (3, 131)])
+def test_argmax_confidence(n, vocab):
+    logits = rng.standard_normal((n, vocab)).astype(np.float32) * 5
+    idx, conf = ops.argmax_confidence(logits)
+    ridx, rconf = ref.argmax_confidence(logits)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_allclose(conf, rconf, rtol=1e-6)
+
+
+def test_argmax_ties_take_the_lowest_index_and_exclusion():
+    logits = np.zeros((1, 8), np.float32)
+    logits[0, [2, 5, 6]] = 3.0
+    idx, conf = ops.argmax_confidence(logits)
+    assert idx[0] == 2
+    np.testing.assert_allclose(conf[0], np.exp(3) / (3 * np.exp(3) + 5), rtol=1e-6)
+    idx, _ = ops.argmax_confidence(logits, exclude_id=2)
+    assert idx[0] == 5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.rms_norm(np.ones((2, 4), np.float32), np.ones(5, np.float32)), "weight has shape"),
+    (lambda: ops.rms_norm(np.ones((2, 4), np.int32), np.ones(4, np.float32)), "floating-point"),
+    (lambda: ops.rms_norm(np.ones((2, 4), np.float32), np.ones(4, np.float32), eps=0), "eps"),
+    (lambda: ops.matmul(np.ones((2, 4), np.float32), np.ones((3, 5), np.float32)), "expected \\[n, 4\\]"),
+    (lambda: ops.matmul(np.ones((2, 4), np.float32), np.ones((3, 4), np.int64)), "unsupported weight dtype"),
+    (lambda: ops.matmul(np.ones((2, 4), np.float32), np.ones((3, 4), np.float32), "bfloat16"), "cannot hold"),
+    (lambda: ops.attention(np.ones((3, 4, 8), np.float32), np.ones((2, 2, 8), np.float32),
+                           np.ones((2, 2, 8), np.float32)), "n_q <= kv_len"),
+    (lambda: ops.attention(np.ones((1, 3, 8), np.float32), np.ones((2, 2, 8), np.float32),
+                           np.ones((2, 2, 8), np.float32)), "not a multiple"),
+    (lambda: ops.attention(np.ones((1, 4, 8), np.float32), np.ones((2, 2, 4), np.float32),
+                           np.ones((2, 2, 4), np.float32)), "head_dim"),
+    (lambda: ops.rope(np.ones((2, 1, 8), np.float32), [0, 1], np.ones(3, np.float32)), "inv_freq"),
+    (lambda: ops.rope(np.ones((2, 1, 8), np.float32), [0], np.ones(4, np.float32)), "positions"),
+    (lambda: ops.swiglu(np.ones(3, np.float32), np.ones(4, np.float32)), "shape"),
+    (lambda: ops.argmax_confidence(np.ones((2, 4), np.float32), exclude_id=9), "exclude_id"),
+])
+def test_ops_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cuda_unavailable_is_a_clear_error():
+    import tridecode
+    if tridecode.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="CUDA"):
+        ops.rms_norm(np.ones((1, 4), np.float32), np.ones(4, np.float32), device="cuda")
