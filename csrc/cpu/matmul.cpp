@@ -1,6 +1,7 @@
 // x [m, k] @ W^T for W [n, k] in its stored dtype. Weight-stationary: each thread takes a slab of W rows,
-// converts 4 rows at a time to fp32 (once, whatever m is) and multiplies them by all m input rows. For the
-// small m of decoding this reads W exactly once, which is what bounds the time.
+// 4 rows at a time, and multiplies them by all m input rows, so W is read exactly once whatever m is; for
+// the small m of decoding that read is what bounds the time. fp32 and bf16 rows feed the kernel directly;
+// f16 rows are converted to an fp32 scratch first.
 #include <algorithm>
 #include <vector>
 
@@ -23,21 +24,22 @@ void CpuBackend::matmul(const float* x, int m, const WeightView& w, float* out) 
   const bool parallel = static_cast<double>(m) * n * k >= kParallelMinWork;
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> buf(w.dtype == DType::F32 ? 0 : static_cast<size_t>(kRows * k));
+    const bool staged = w.dtype == DType::F16;
+    std::vector<float> buf(staged ? static_cast<size_t>(kRows * k) : 0);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kRows;
       const int nr = static_cast<int>(std::min<int64_t>(kRows, n - r0));
-      const float* rows[kRows];
+      const void* rows[kRows];
       for (int j = 0; j < nr; ++j) {
-        if (w.dtype == DType::F32) {
-          rows[j] = reinterpret_cast<const float*>(w.row_ptr(r0 + j));
-        } else {
+        if (staged) {
           K.to_f32(w.row_ptr(r0 + j), w.dtype, k, buf.data() + j * k);
           rows[j] = buf.data() + j * k;
+        } else {
+          rows[j] = w.row_ptr(r0 + j);
         }
       }
-      K.dot_tile(x, m, k, rows, nr, out + r0, n);
+      K.dot_tile(x, m, k, rows, staged ? DType::F32 : w.dtype, nr, out + r0, n);
     }
   }
 }

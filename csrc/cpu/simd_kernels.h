@@ -10,7 +10,9 @@ namespace td::cpu {
 struct SimdKernels {
   const char* isa;
   // out[i * ldo + j] = dot(x + i*k, w_rows[j]) for i < m, j < nr (nr <= 4): a small output tile.
-  void (*dot_tile)(const float* x, int m, int64_t k, const float* const* w_rows, int nr, float* out, int64_t ldo);
+  // Weight rows are fp32 or bf16 (wt); other dtypes are converted to fp32 rows by the caller.
+  void (*dot_tile)(const float* x, int m, int64_t k, const void* const* w_rows, DType wt, int nr, float* out,
+                   int64_t ldo);
   // dst[0..n) = fp32(src[0..n)) for a stored dtype.
   void (*to_f32)(const void* src, DType t, int64_t n, float* dst);
   // sum_i a[i] * b[i]
@@ -21,7 +23,7 @@ const SimdKernels& simd();
 
 // One declaration per compiled ISA level.
 #define TD_DECLARE_SIMD(suffix)                                                                        \
-  void dot_tile_##suffix(const float*, int, int64_t, const float* const*, int, float*, int64_t);      \
+  void dot_tile_##suffix(const float*, int, int64_t, const void* const*, DType, int, float*, int64_t);      \
   void to_f32_##suffix(const void*, DType, int64_t, float*);                                           \
   float dot_##suffix(const float*, const float*, int64_t);
 TD_DECLARE_SIMD(generic)
