@@ -148,10 +148,10 @@ def read_raw(path) -> tuple[dict, bytes]:
 
 
 def rewrite_header(path, edit) -> str:
-    """Applies edit(header dict) (in place or returning a new one) to a file's header, keeping its data."""
+    """Calls edit(header dict), which changes the header in place, and rewrites the file with the same data."""
     header, data = read_raw(path)
-    new = edit(header)
-    return write_raw(path, header if new is None else new, data)
+    edit(header)
+    return write_raw(path, header, data)
 
 
 def read_tensors(path) -> dict:

@@ -92,57 +92,71 @@ def _float(d: dict, key: str, *, default=None, positive: bool = True, where: str
     return float(v)
 
 
+def _opt_float(params: dict, key: str, where: str, default=None, positive: bool = True):
+    if params.get(key) is None:
+        return default
+    return _float(params, key, where=where, positive=positive)
+
+
 def _rope(d: dict, model_type: str, max_pos: int) -> RopeConfig:
-    params = d.get("rope_parameters")
-    if params is None:
-        params = dict(d.get("rope_scaling") or {})          # legacy layout
-        if "rope_theta" in d:
-            params.setdefault("rope_theta", d["rope_theta"])
-        where = "rope_scaling."
+    if d.get("rope_parameters") is not None:
+        params, where = d["rope_parameters"], "rope_parameters."
     else:
-        if not isinstance(params, dict):
-            raise _err(f"'rope_parameters' must be an object, got {params!r}")
-        params = dict(params)
-        if "rope_theta" not in params and "rope_theta" in d:
-            params["rope_theta"] = d["rope_theta"]
-        where = "rope_parameters."
+        params, where = d.get("rope_scaling") or {}, "rope_scaling."     # legacy layout
+    if not isinstance(params, dict):
+        raise _err(f"'{where[:-1]}' must be an object, got {params!r}")
+    params = dict(params)
+    if "rope_theta" not in params and "rope_theta" in d:
+        params["rope_theta"] = d["rope_theta"]
+        where_theta = ""
+    else:
+        where_theta = where
     rope_type = params.get("rope_type", params.get("type", "default"))
-    theta = _float(params, "rope_theta", where=where if "rope_theta" in params else "")
-    if rope_type == "default":
-        beta = 0.0
-        rc = RopeConfig("default", theta)
-    elif rope_type == "yarn":
-        factor = params.get("factor")
-        orig = params.get("original_max_position_embeddings", d.get("original_max_position_embeddings", max_pos))
-        if factor is None:
-            factor = max_pos / orig
-        rc = RopeConfig(
-            "yarn", theta,
-            factor=_float({"factor": factor}, "factor", where=where),
-            original_max_position_embeddings=_int({"o": orig}, "o") if orig else 0,
-            beta_fast=float(params.get("beta_fast") or 32.0),
-            beta_slow=float(params.get("beta_slow") or 1.0),
-            mscale=params.get("mscale"),
-            mscale_all_dim=params.get("mscale_all_dim"),
-            attention_factor=params.get("attention_factor"),
-            truncate=bool(params.get("truncate", True)),
-        )
-    else:
-        raise _err(f"unsupported rope type '{rope_type}' (supported: default, yarn)")
+    theta = _float(params, "rope_theta", where=where_theta)
     # The llama-4 query scale is part of the Ministral-3 backbone (and so of the tri-mode models).
     beta = 0.0
     if model_type in ("nemotron_labs_diffusion", "ministral3"):
-        beta = float(params.get("llama_4_scaling_beta") or 0.0)
-    orig_len = params.get("original_max_position_embeddings") or rc.original_max_position_embeddings or max_pos
-    return RopeConfig(**{**rc.__dict__, "llama_4_scaling_beta": beta,
-                         "original_max_position_embeddings": int(orig_len)})
+        beta = _opt_float(params, "llama_4_scaling_beta", where, default=0.0, positive=False)
+    orig = params.get("original_max_position_embeddings", d.get("original_max_position_embeddings"))
+    if orig is not None:
+        orig = _int({f"{where}original_max_position_embeddings": orig}, f"{where}original_max_position_embeddings")
+    if rope_type == "default":
+        return RopeConfig("default", theta, original_max_position_embeddings=orig or max_pos,
+                          llama_4_scaling_beta=beta)
+    if rope_type != "yarn":
+        raise _err(f"unsupported rope type {rope_type!r} (supported: default, yarn)")
+    if theta <= 1.0:
+        raise _err(f"'{where_theta}rope_theta' must be > 1 for yarn, got {theta}")
+    orig = orig or max_pos
+    factor = _opt_float(params, "factor", where, default=max_pos / orig)
+    return RopeConfig(
+        "yarn", theta,
+        factor=factor,
+        original_max_position_embeddings=orig,
+        beta_fast=_opt_float(params, "beta_fast", where, default=32.0) or 32.0,
+        beta_slow=_opt_float(params, "beta_slow", where, default=1.0) or 1.0,
+        mscale=_opt_float(params, "mscale", where, positive=False),
+        mscale_all_dim=_opt_float(params, "mscale_all_dim", where, positive=False),
+        attention_factor=_opt_float(params, "attention_factor", where),
+        truncate=_bool(params, "truncate", True, where),
+        llama_4_scaling_beta=beta,
+    )
+
+
+def _bool(d: dict, key: str, default: bool, where: str = "") -> bool:
+    v = d.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _err(f"'{where}{key}' must be true or false, got {v!r}")
+    return v
 
 
 def parse_config(d: dict) -> ModelConfig:
     if not isinstance(d, dict):
         raise _err("expected a JSON object")
     model_type = d.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise _err(f"unsupported model_type {model_type!r} (supported: {', '.join(ARCHITECTURES)})")
     hidden = _int(d, "hidden_size")
     layers = _int(d, "num_hidden_layers")
@@ -189,7 +203,7 @@ def parse_config(d: dict) -> ModelConfig:
         rms_norm_eps=_float(d, "rms_norm_eps", default=1e-5),
         rope=_rope(d, model_type, max_pos),
         max_position_embeddings=max_pos,
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_bool(d, "tie_word_embeddings", False),
         mask_token_id=mask,
         bos_token_id=d.get("bos_token_id"),
         eos_token_ids=eos_ids,
@@ -205,6 +219,6 @@ def load_config(directory: str) -> ModelConfig:
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _err(f"malformed JSON: {e}") from e
     return parse_config(d)

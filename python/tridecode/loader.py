@@ -3,6 +3,7 @@ hands the memory-mapped tensors to the native core without copying them."""
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -142,10 +143,19 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     cfg = load_config(directory)
     if max_context is None:
         max_context = min(cfg.max_position_embeddings, 4096)
-    if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+    if isinstance(max_context, bool) or not isinstance(max_context, numbers.Integral) or max_context < 1:
         raise ValueError(f"load: max_context must be a positive integer, got {max_context!r}")
+    if max_context > min(cfg.max_position_embeddings, 2**31 - 1):
+        raise ValueError(f"load: max_context {max_context} exceeds the model's max_position_embeddings "
+                         f"({cfg.max_position_embeddings})")
+    max_context = int(max_context)
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
-    native = _C.Model(native_config(cfg), weights, max_context)
+    try:
+        native = _C.Model(native_config(cfg), weights, max_context)
+    except MemoryError:
+        kv_bytes = 2 * 4 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * max_context
+        raise MemoryError(f"load: cannot allocate the KV cache for max_context={max_context} "
+                          f"({kv_bytes / 2**30:.1f} GiB); pass a smaller max_context") from None
     tokenizer = None
     tok_path = os.path.join(directory, "tokenizer.json")
     if os.path.exists(tok_path):

@@ -7,6 +7,7 @@ copy of the weights. numpy has no bfloat16, so BF16 tensors are uint16 views tag
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise CheckpointError(f"{where}: malformed header entry (needs dtype, shape, data_offsets)")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _KNOWN_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _KNOWN_DTYPES:
             raise CheckpointError(f"{where}: malformed header: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
@@ -94,7 +95,7 @@ class SafetensorsFile:
                 f"{where}: data_offsets {offs} lie beyond the data section ({self.data_size} bytes): "
                 "offsets out of range or the file is truncated")
         if dtype in SUPPORTED_DTYPES:
-            want = int(np.prod(shape, dtype=np.int64)) * SUPPORTED_DTYPES[dtype][1]
+            want = math.prod(shape) * SUPPORTED_DTYPES[dtype][1]   # Python ints: no overflow
             if end - begin != want:
                 raise CheckpointError(
                     f"{where}: data_offsets {offs} span {end - begin} bytes, but shape {shape} of {dtype} "
@@ -145,7 +146,7 @@ class Checkpoint:
         try:
             with open(index, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{name}: malformed JSON: {e}") from e
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
