@@ -20,6 +20,7 @@ using namespace td;
 namespace {
 
 using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 DType dtype_from_code(int code) {
   TD_CHECK(code >= 0 && code <= 2, "[bindings] unknown dtype code ", code);
@@ -94,25 +95,46 @@ class PyModel {
     model_ = std::make_unique<Model>(std::move(c), std::move(w), capacity, cpu_backend());
   }
 
-  py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids, int64_t start_pos,
-                             bool causal, bool write_cache, int logits_from) {
-    TD_CHECK(ids.ndim() == 1, "[forward] token ids must be 1-D, got ", ids.ndim(), "-D");
-    const int n = static_cast<int>(ids.shape(0));
-    TD_CHECK(n > 0, "[forward] the chunk is empty");
-    if (logits_from < 0) logits_from += n;
-    TD_CHECK(logits_from >= 0 && logits_from < n, "[forward] logits_from outside the chunk");
-    if (start_pos < 0) start_pos = model_->cache().length();
-    const int vocab = model_->config().vocab;
-    py::array_t<float> out({static_cast<py::ssize_t>(n - logits_from), static_cast<py::ssize_t>(vocab)});
-    const int32_t* idp = ids.data();
-    float* op = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      model_->forward(idp, n, start_pos, causal ? AttnMode::Causal : AttnMode::Bidirectional, write_cache,
-                      logits_from, op);
-    }
-    return out;
+  py::array_t<float> forward(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
+                             bool use_lora) {
+    const int n = chunk_len(ids, logits_from);
+    py::array_t<float> logits({static_cast<py::ssize_t>(n - logits_from),
+                               static_cast<py::ssize_t>(model_->config().vocab)});
+    ForwardOutput out;
+    out.logits = logits.mutable_data();
+    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
+    return logits;
   }
+
+  // The fused sampler head: (token ids [rows], confidences [rows]) instead of logits.
+  py::tuple forward_select(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
+                           bool use_lora, int exclude_id, float temperature, uint64_t seed, uint64_t stream) {
+    const int n = chunk_len(ids, logits_from);
+    py::array_t<int32_t> idx(n - logits_from);
+    py::array_t<float> conf(n - logits_from);
+    ForwardOutput out;
+    out.idx = idx.mutable_data();
+    out.conf = conf.mutable_data();
+    out.select = SelectParams{exclude_id, temperature, seed, stream};
+    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
+    return py::make_tuple(idx, conf);
+  }
+
+  void set_lora(const py::list& a, const py::list& b, float scale) {
+    std::vector<WeightView> av, bv;
+    for (size_t i = 0; i < a.size(); ++i) {
+      py::tuple ta = a[i].cast<py::tuple>(), tb = b[i].cast<py::tuple>();
+      py::array aa = ta[0].cast<py::array>(), bb = tb[0].cast<py::array>();
+      av.push_back(weight_view(aa, ta[1].cast<int>(), "lora_A"));
+      bv.push_back(weight_view(bb, tb[1].cast<int>(), "lora_B"));
+      lora_owners_.push_back(aa);
+      lora_owners_.push_back(bb);
+    }
+    TD_CHECK(a.size() == b.size(), "[lora] ", a.size(), " A matrices but ", b.size(), " B matrices");
+    model_->set_lora(av, bv, scale);
+    if (av.empty()) lora_owners_.clear();
+  }
+  bool has_lora() const { return model_->has_lora(); }
 
   int cache_length() const { return model_->cache().length(); }
   int capacity() const { return model_->cache().capacity(); }
@@ -121,7 +143,25 @@ class PyModel {
   void crop(int n) { model_->cache().crop(n); }
 
  private:
-  std::vector<py::array> owners_;
+  int chunk_len(const IdArray& ids, int& logits_from) const {
+    TD_CHECK(ids.ndim() == 1, "[forward] token ids must be 1-D, got ", ids.ndim(), "-D");
+    const int n = static_cast<int>(ids.shape(0));
+    TD_CHECK(n > 0, "[forward] the chunk is empty");
+    if (logits_from < 0) logits_from += n;
+    TD_CHECK(logits_from >= 0 && logits_from < n, "[forward] logits_from outside the chunk");
+    return n;
+  }
+
+  void run(const IdArray& ids, int n, int64_t start_pos, bool causal, bool write_cache, int logits_from,
+           const ForwardOutput& out, bool use_lora) {
+    if (start_pos < 0) start_pos = model_->cache().length();
+    const int32_t* idp = ids.data();
+    py::gil_scoped_release release;
+    model_->forward(idp, n, start_pos, causal ? AttnMode::Causal : AttnMode::Bidirectional, write_cache,
+                    logits_from, out, use_lora);
+  }
+
+  std::vector<py::array> owners_, lora_owners_;
   std::unique_ptr<Model> model_;
 };
 
@@ -150,7 +190,12 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<const py::dict&, const py::dict&, int>(), py::arg("config"), py::arg("weights"),
            py::arg("capacity"))
       .def("forward", &PyModel::forward, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),
-           py::arg("write_cache"), py::arg("logits_from"))
+           py::arg("write_cache"), py::arg("logits_from"), py::arg("use_lora") = false)
+      .def("forward_select", &PyModel::forward_select, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),
+           py::arg("write_cache"), py::arg("logits_from"), py::arg("use_lora"), py::arg("exclude_id"),
+           py::arg("temperature"), py::arg("seed"), py::arg("stream"))
+      .def("set_lora", &PyModel::set_lora, py::arg("a"), py::arg("b"), py::arg("scale"))
+      .def_property_readonly("has_lora", &PyModel::has_lora)
       .def_property_readonly("cache_length", &PyModel::cache_length)
       .def_property_readonly("capacity", &PyModel::capacity)
       .def_property_readonly("cache_bytes", &PyModel::cache_bytes)
@@ -248,6 +293,55 @@ PYBIND11_MODULE(_C, m) {
       cpu_backend().argmax_confidence(lp, n, vocab, exclude_id, ip, cp);
     }
     return py::make_tuple(idx, conf);
+  });
+  m.def("select", [](F32Array logits, int exclude_id, float temperature, uint64_t seed, uint64_t stream) {
+    TD_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "[select] logits must be [n, vocab]");
+    const int n = static_cast<int>(logits.shape(0)), vocab = static_cast<int>(logits.shape(1));
+    TD_CHECK(exclude_id < vocab, "[select] exclude_id ", exclude_id, " outside the vocabulary");
+    py::array_t<int32_t> idx(n);
+    py::array_t<float> conf(n);
+    const float* lp = logits.data();
+    int32_t* ip = idx.mutable_data();
+    float* cp = conf.mutable_data();
+    {
+      py::gil_scoped_release r;
+      cpu_backend().select(lp, n, vocab, SelectParams{exclude_id, temperature, seed, stream}, ip, cp);
+    }
+    return py::make_tuple(idx, conf);
+  });
+  m.def("head_select", [](F32Array x, py::array w, int wcode, int exclude_id, float temperature, uint64_t seed,
+                          uint64_t stream) {
+    WeightView wv = weight_view(w, wcode, "head");
+    TD_CHECK(w.ndim() == 2, "[head_select] head must be 2-D [vocab, hidden]");
+    check_rows(x, wv.cols, "head_select", "x");
+    TD_CHECK(x.shape(0) > 0, "[head_select] x has no rows");
+    TD_CHECK(exclude_id < wv.rows, "[head_select] exclude_id ", exclude_id, " outside the vocabulary");
+    const int n = static_cast<int>(x.shape(0));
+    py::array_t<int32_t> idx(n);
+    py::array_t<float> conf(n);
+    const float* xp = x.data();
+    int32_t* ip = idx.mutable_data();
+    float* cp = conf.mutable_data();
+    {
+      py::gil_scoped_release r;
+      cpu_backend().head_select(xp, n, wv, SelectParams{exclude_id, temperature, seed, stream}, ip, cp);
+    }
+    return py::make_tuple(idx, conf);
+  });
+  m.def("select_commits", [](F32Array conf, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> masked,
+                             float threshold, int k) {
+    TD_CHECK(conf.ndim() == 1 && masked.ndim() == 1 && conf.shape(0) == masked.shape(0),
+             "[select_commits] conf and masked must be 1-D of the same length");
+    const int L = static_cast<int>(conf.shape(0));
+    py::array_t<uint8_t> commit(L);
+    cpu_backend().select_commits(conf.data(), masked.data(), L, threshold, k, commit.mutable_data());
+    return commit;
+  });
+  m.def("accept_length", [](py::array_t<int32_t, py::array::c_style | py::array::forcecast> draft,
+                            py::array_t<int32_t, py::array::c_style | py::array::forcecast> target) {
+    TD_CHECK(draft.ndim() == 1 && target.ndim() == 1 && draft.shape(0) == target.shape(0) && draft.shape(0) > 0,
+             "[accept_length] draft and target must be 1-D of the same non-zero length");
+    return cpu_backend().accept_length(draft.data(), target.data(), static_cast<int>(draft.shape(0)));
   });
   m.def("cuda_rms_norm", [](F32Array x, py::array w, int wcode, float eps) {
     check_rows(x, x.ndim() == 2 ? x.shape(1) : -1, "rms_norm", "x");

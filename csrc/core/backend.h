@@ -5,6 +5,7 @@
 
 #include "core/attention_params.h"
 #include "core/config.h"
+#include "core/select_params.h"
 #include "core/tensor.h"
 
 namespace td {
@@ -28,10 +29,30 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // x[i] += y[i]
   virtual void add(float* x, const float* y, int64_t n) = 0;
+  // x[i] += a * y[i]
+  virtual void axpy(float* x, const float* y, float a, int64_t n) = 0;
   // Per row of logits [n, vocab]: first index of the maximum (skipping exclude_id when >= 0) and its
   // softmax probability.
   virtual void argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
                                  float* conf) = 0;
+
+  // The sampler head fused with the LM head: per row of x [n, head.cols], the token chosen from
+  // logits = x @ head^T under `sp` and its softmax confidence, without materialising the logits.
+  virtual void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,
+                           float* conf) = 0;
+  // The same selection over given logits [n, vocab]; row r of the call draws its noise from hash row r.
+  virtual void select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx,
+                      float* conf) = 0;
+
+  // Diffusion commit selection over one block of L slots. masked[i] != 0 marks still-masked slots.
+  // threshold mode (k < 0): the most confident masked slot plus every masked slot with conf >= threshold;
+  // fixed mode (k >= 0): the k most confident masked slots. Ties go to the lower slot. commit[i] = 0/1.
+  // Returns the number of committed slots.
+  virtual int select_commits(const float* conf, const uint8_t* masked, int L, float threshold, int k,
+                             uint8_t* commit) = 0;
+  // Speculative verification: the longest c with target[j] == draft[j + 1] for all j < c (c <= L - 1).
+  // draft, target: [L]; target[j] is the verifier's choice for block position j + 1.
+  virtual int accept_length(const int32_t* draft, const int32_t* target, int L) = 0;
 };
 
 Backend& cpu_backend();

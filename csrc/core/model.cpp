@@ -41,12 +41,41 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
   cache_ = KVCache(cfg_.layers, cfg_.kv_heads, cfg_.head_dim, capacity);
 }
 
+void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale) {
+  const ModelConfig& c = cfg_;
+  if (a.empty() && b.empty()) {
+    for (auto& L : w_.layers) L.lora_a = L.lora_b = WeightView{};
+    w_.lora_rank = 0;
+    w_.lora_scale = 0.0f;
+    return;
+  }
+  TD_CHECK(static_cast<int>(a.size()) == c.layers && static_cast<int>(b.size()) == c.layers, "[lora] got ",
+           a.size(), "/", b.size(), " A/B matrices, expected one per layer (", c.layers, ")");
+  TD_CHECK(std::isfinite(scale), "[lora] scale must be finite");
+  const int64_t r = a[0].rows;
+  TD_CHECK(r > 0, "[lora] rank must be positive");
+  for (int i = 0; i < c.layers; ++i) {
+    TD_CHECK(a[i].rows == r && a[i].cols == c.q_dim(), "[lora] layer ", i, " lora_A has shape [", a[i].rows, ", ",
+             a[i].cols, "], expected [", r, ", ", c.q_dim(), "]");
+    TD_CHECK(b[i].rows == c.hidden && b[i].cols == r, "[lora] layer ", i, " lora_B has shape [", b[i].rows, ", ",
+             b[i].cols, "], expected [", c.hidden, ", ", r, "]");
+  }
+  for (int i = 0; i < c.layers; ++i) {
+    w_.layers[i].lora_a = a[i];
+    w_.layers[i].lora_b = b[i];
+  }
+  w_.lora_rank = static_cast<int>(r);
+  w_.lora_scale = scale;
+}
+
 void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache,
-                    int logits_from, float* logits) {
+                    int logits_from, const ForwardOutput& out, bool use_lora) {
   const ModelConfig& c = cfg_;
   TD_CHECK(n > 0, "[forward] the chunk is empty");
   TD_CHECK(start_pos >= 0, "[forward] start position must be >= 0, got ", start_pos);
   TD_CHECK(logits_from >= 0 && logits_from < n, "[forward] logits_from ", logits_from, " outside [0, ", n, ")");
+  TD_CHECK(!use_lora || has_lora(), "[forward] use_lora is set but no LoRA adapter is attached");
+  TD_CHECK(out.logits != nullptr || (out.idx != nullptr && out.conf != nullptr), "[forward] no output buffer");
   TD_CHECK(!(write_cache && mode == AttnMode::Bidirectional),
            "[forward] a bidirectional forward cannot write the cache (it holds causal K/V only)");
   for (int i = 0; i < n; ++i)
@@ -58,6 +87,10 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   x_.resize(n * H); norm_.resize(n * H); q_.resize(n * QD); k_.resize(n * KD); v_.resize(n * KD);
   attn_.resize(n * QD); proj_.resize(n * H); gate_.resize(n * I); up_.resize(n * I);
   pos_.resize(n);
+  if (use_lora) {
+    lora_t_.resize(static_cast<size_t>(n) * w_.lora_rank);
+    lora_u_.resize(n * H);
+  }
   for (int i = 0; i < n; ++i) pos_[i] = start_pos + i;
 
   const int cached = cache_.length();
@@ -90,6 +123,11 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
     backend_.attention(p);
 
     backend_.matmul(attn_.data(), n, L.o, proj_.data());
+    if (use_lora) {
+      backend_.matmul(attn_.data(), n, L.lora_a, lora_t_.data());
+      backend_.matmul(lora_t_.data(), n, L.lora_b, lora_u_.data());
+      backend_.axpy(proj_.data(), lora_u_.data(), w_.lora_scale, n * H);
+    }
     backend_.add(x_.data(), proj_.data(), n * H);
     backend_.rms_norm(x_.data(), L.post_norm, n, H, c.rms_eps, norm_.data());
     backend_.matmul(norm_.data(), n, L.gate, gate_.data());
@@ -100,7 +138,10 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   }
   const int rows = n - logits_from;
   backend_.rms_norm(x_.data() + logits_from * H, w_.final_norm, rows, H, c.rms_eps, norm_.data());
-  backend_.matmul(norm_.data(), rows, w_.head, logits);
+  if (out.logits != nullptr)
+    backend_.matmul(norm_.data(), rows, w_.head, out.logits);
+  else
+    backend_.head_select(norm_.data(), rows, w_.head, out.select, out.idx, out.conf);
   if (write_cache) cache_.append(n);
 }
 

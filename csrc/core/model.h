@@ -18,6 +18,9 @@ struct LayerWeights {
   WeightView post_norm;  // [1, hidden]
   WeightView gate, up;   // [intermediate, hidden]
   WeightView down;       // [hidden, intermediate]
+  // Optional LoRA on o_proj (the self-speculation drafter): o(x) = W x + lora_scale * B (A x).
+  WeightView lora_a;     // [r, heads*head_dim]
+  WeightView lora_b;     // [hidden, r]
 };
 
 struct ModelWeights {
@@ -25,9 +28,20 @@ struct ModelWeights {
   WeightView final_norm;  // [1, hidden]
   WeightView head;        // [vocab, hidden] (the embedding itself when tied)
   std::vector<LayerWeights> layers;
+  float lora_scale = 0.0f;  // 0 when no adapter is attached
+  int lora_rank = 0;
 };
 
 enum class AttnMode { Causal = 0, Bidirectional = 1 };
+
+// What a forward produces for rows logits_from..n-1: full logits, or (fused sampler head) the chosen
+// token and its confidence per row.
+struct ForwardOutput {
+  float* logits = nullptr;  // [(n - logits_from), vocab], or null
+  int32_t* idx = nullptr;   // [(n - logits_from)] when logits is null
+  float* conf = nullptr;    // [(n - logits_from)]
+  SelectParams select;
+};
 
 class Model {
  public:
@@ -40,8 +54,13 @@ class Model {
   // Runs ids[0..n) at absolute positions start_pos..start_pos+n-1 over the cached tokens. The chunk's
   // K/V land in cache rows length..length+n-1; write_cache commits them (only allowed in causal mode).
   // Logits are produced for rows logits_from..n-1 into logits [(n - logits_from), vocab].
+  // use_lora applies the attached o_proj adapter (drafts only).
   void forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache, int logits_from,
-               float* logits);
+               const ForwardOutput& out, bool use_lora = false);
+
+  // Attaches (or, with empty views, removes) a LoRA adapter on o_proj; validated against the shapes.
+  void set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale);
+  bool has_lora() const { return w_.lora_rank > 0; }
 
  private:
   ModelConfig cfg_;
@@ -49,7 +68,7 @@ class Model {
   Backend& backend_;
   KVCache cache_;
   // Scratch, grown on demand: [n, hidden], [n, q_dim], [n, kv_dim] x2, [n, intermediate] x2.
-  std::vector<float> x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_;
+  std::vector<float> x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_;
   std::vector<int64_t> pos_;
 };
 

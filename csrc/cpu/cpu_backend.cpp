@@ -1,5 +1,7 @@
 #include "cpu/cpu_backend.h"
 
+#include <omp.h>
+
 #include <cmath>
 #include <vector>
 
@@ -14,6 +16,10 @@ Backend& cpu_backend() {
 }
 
 namespace cpu {
+
+int omp_threads() { return omp_get_max_threads(); }
+int omp_thread_id() { return omp_get_thread_num(); }
+int omp_team_size() { return omp_get_num_threads(); }
 
 const SimdKernels& simd() {
   static const SimdKernels k = [] {
@@ -92,6 +98,10 @@ void CpuBackend::swiglu(const float* gate, const float* up, int64_t n, float* ou
 
 void CpuBackend::add(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void CpuBackend::axpy(float* x, const float* y, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += a * y[i];
 }
 
 void CpuBackend::argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,

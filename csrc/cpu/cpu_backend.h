@@ -16,8 +16,20 @@ class CpuBackend final : public Backend {
   void attention(const AttentionParams& p) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
+  void axpy(float* x, const float* y, float a, int64_t n) override;
   void argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
                          float* conf) override;
+  void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,
+                   float* conf) override;
+  void select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx, float* conf) override;
+  int select_commits(const float* conf, const uint8_t* masked, int L, float threshold, int k,
+                     uint8_t* commit) override;
+  int accept_length(const int32_t* draft, const int32_t* target, int L) override;
 };
+
+// OpenMP queries, wrapped so files need not include omp.h.
+int omp_threads();     // threads a parallel region would use
+int omp_thread_id();   // inside a region
+int omp_team_size();   // inside a region
 
 }  // namespace td::cpu

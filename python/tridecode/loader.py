@@ -120,7 +120,7 @@ def native_config(cfg: ModelConfig) -> dict:
     }
 
 
-def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None):
+def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto"):
     """Loads a Hugging Face checkpoint directory.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
@@ -129,6 +129,8 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32, memory-mapped, no copy); "float32",
         "float16" or "bfloat16" converts at load (a copy).
     max_context: KV-cache capacity in tokens (default min(max_position_embeddings, 4096)).
+    lora: the self-speculation LoRA drafter: "auto" attaches `<path>/linear_spec_lora/` when present, a path
+        attaches that adapter, None attaches none.
     """
     from .model import Model  # local import: model.py imports this module
 
@@ -161,4 +163,10 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     if os.path.exists(tok_path):
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_file(tok_path)
-    return Model(native, cfg, weights, directory=directory, tokenizer=tokenizer, tied=tied)
+    model = Model(native, cfg, weights, directory=directory, tokenizer=tokenizer, tied=tied)
+    if lora == "auto":
+        from .lora import find_default
+        lora = find_default(directory)
+    if lora is not None:
+        model.attach_lora(lora)
+    return model

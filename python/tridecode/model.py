@@ -7,11 +7,13 @@ import numbers
 import numpy as np
 
 from .config import ModelConfig
-from .generate import ar_generate
+from .generate import ar_generate, diffusion_generate, self_spec_generate
 from .result import GenerateResult
 from .sampling import Sampler, SamplingParams
 
-MODES = ("ar",)
+MODES = ("ar", "diffusion", "self_spec")
+_MODE_ALIASES = {"self-spec": "self_spec", "selfspec": "self_spec", "spec": "self_spec"}
+_DEFAULT = object()   # distinguishes "threshold not given" from threshold=None (the fixed schedule)
 
 
 class Model:
@@ -26,6 +28,20 @@ class Model:
         self.tokenizer = tokenizer
         self.tied_embeddings = tied
         self.device = "cpu"
+        self.lora = None               # the attached LoraAdapter, if any
+
+    # ---- LoRA drafter ----
+    def attach_lora(self, path) -> None:
+        """Attaches a PEFT LoRA adapter on o_proj (the self-speculation drafter), used by draft passes only."""
+        from .lora import load_adapter
+
+        adapter = load_adapter(path, self.config)
+        self._native.set_lora(adapter.a, adapter.b, adapter.scale)
+        self.lora = adapter
+
+    def detach_lora(self) -> None:
+        self._native.set_lora([], [], 0.0)
+        self.lora = None
 
     # ---- cache ----
     @property
@@ -78,7 +94,7 @@ class Model:
         return arr.astype(np.int32)
 
     def forward(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
-                start_pos: int | None = None, logits: str = "all") -> np.ndarray:
+                start_pos: int | None = None, logits: str = "all", use_lora: bool = False) -> np.ndarray:
         """Runs a chunk of tokens over the cached context and returns logits as float32 numpy.
 
         mode: "causal" (token i sees the cache and chunk tokens 0..i) or "bidirectional" (every chunk token
@@ -86,8 +102,27 @@ class Model:
         write_cache: commit the chunk's K/V (default: True for causal, False for bidirectional).
         start_pos: absolute position of the first token (default: the cache length).
         logits: "all" -> [n, vocab]; "last" -> [1, vocab] (cheaper: the LM head runs on one row).
+        use_lora: apply the attached LoRA adapter on o_proj (as self-speculation drafts do).
         Causal logits at i predict token i+1; bidirectional logits at i predict token i.
         """
+        ids, start, causal, write_cache = self._check_forward(token_ids, mode, write_cache, start_pos, logits,
+                                                              use_lora)
+        return self._native.forward(ids, start, causal, write_cache, -1 if logits == "last" else 0, bool(use_lora))
+
+    def forward_select(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
+                       start_pos: int | None = None, logits: str = "all", use_lora: bool = False,
+                       temperature: float = 0.0, seed: int = 0, stream: int = 0):
+        """Like forward, but the sampler head is fused with the LM head: returns (token ids, confidences)
+        per row instead of logits. temperature 0 is argmax; > 0 is Gumbel-max with noise from
+        (seed, stream, row, token). The mask token is never chosen."""
+        ids, start, causal, write_cache = self._check_forward(token_ids, mode, write_cache, start_pos, logits,
+                                                              use_lora)
+        exclude = -1 if self.config.mask_token_id is None else self.config.mask_token_id
+        return self._native.forward_select(ids, start, causal, write_cache, -1 if logits == "last" else 0,
+                                           bool(use_lora), exclude, float(temperature), int(seed) & (2**64 - 1),
+                                           int(stream))
+
+    def _check_forward(self, token_ids, mode, write_cache, start_pos, logits, use_lora):
         if mode not in ("causal", "bidirectional"):
             raise ValueError(f"forward: mode must be 'causal' or 'bidirectional', got {mode!r}")
         causal = mode == "causal"
@@ -103,9 +138,11 @@ class Model:
             start = int(start_pos)
         else:
             raise ValueError(f"forward: start_pos must be None or an integer >= 0, got {start_pos!r}")
+        if use_lora and self.lora is None:
+            raise ValueError("forward: use_lora=True but no LoRA adapter is attached")
         ids = self._ids(token_ids)
         self.check_room(ids.size)
-        return self._native.forward(ids, start, causal, bool(write_cache), -1 if logits == "last" else 0)
+        return ids, start, causal, bool(write_cache)
 
     # ---- text ----
     def encode(self, text: str) -> list[int]:
@@ -130,25 +167,100 @@ class Model:
 
     def generate(self, prompt, mode: str = "ar", max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 eos_token_id=None, on_tokens=None) -> GenerateResult:
+                 eos_token_id=None, block_length: int | None = None, threshold=_DEFAULT,
+                 steps: int | None = None, draft_threshold: float = 0.0, use_lora: bool | None = None,
+                 on_tokens=None) -> GenerateResult:
         """Generates from a prompt (token ids, or text when the checkpoint has a tokenizer).
 
-        mode: "ar" (autoregressive).
-        temperature 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature) after
-        optional top_k / top_p filtering, reproducibly for a given seed.
-        eos_token_id: int or list; default the config's. Generation stops after the first EOS (kept).
-        on_tokens: called with each list of newly committed tokens as they are produced (streaming).
+        mode: "ar" (autoregressive), "diffusion" (block diffusion) or "self_spec" (linear self-speculation).
+        max_new_tokens: a hard cap in every mode.
+        temperature: 0 is greedy. Otherwise AR samples from softmax(logits / temperature) (with optional
+            top_k / top_p); diffusion and self-spec use Gumbel-max sampling. Reproducible for a given seed.
+        eos_token_id: int or list (default: the config's). Generation stops after the first EOS (kept).
+        block_length: diffusion / self-spec block length L (default: 32).
+        threshold: diffusion commit threshold in (0, 1] (default 0.9); None = fixed schedule of `steps`
+            denoising steps per block (default L - 1, i.e. one token per step).
+        draft_threshold: self-spec; 0 drafts the whole block in one forward, > 0 iterates (commit every
+            draft with confidence >= draft_threshold, at least one per forward).
+        use_lora: self-spec; apply the attached LoRA drafter to draft passes (default: when attached).
+        on_tokens: called with each run of newly committed tokens, as they are committed (streaming).
         """
+        mode = _MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ValueError(f"generate: unknown mode {mode!r} (available: {', '.join(MODES)})")
         if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
                 or max_new_tokens < 1):
             raise ValueError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
         text_in = isinstance(prompt, str)
         ids = self._ids(self.encode(prompt) if text_in else prompt, "prompt", allow_mask=False)
-        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed), self.config.mask_token_id)
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        params.validate()
         eos = self._eos_ids(eos_token_id)
-        result = ar_generate(self, ids, int(max_new_tokens), sampler, eos, on_tokens)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+
+        if mode == "ar":
+            for name, value in (("block_length", block_length), ("steps", steps), ("use_lora", use_lora)):
+                if value is not None:
+                    raise ValueError(f"generate: {name} applies to diffusion / self_spec, not mode 'ar'")
+            if threshold is not _DEFAULT or draft_threshold:
+                raise ValueError("generate: threshold / draft_threshold apply to diffusion / self_spec, not 'ar'")
+            if top_k is None and top_p is None:
+                def picker(chunk, stream):
+                    return int(self.forward_select(chunk, "causal", logits="last", temperature=temperature,
+                                                   seed=seed, stream=stream)[0][0])
+            else:
+                sampler = Sampler(params, self.config.mask_token_id)
+
+                def picker(chunk, stream):
+                    return sampler(self.forward(chunk, "causal", logits="last")[-1])
+            result = ar_generate(self, ids, max_new_tokens, picker, eos, on_tokens)
+        else:
+            if self.config.mask_token_id is None:
+                raise ValueError(f"generate: mode {mode!r} needs a mask_token_id in config.json (a tri-mode "
+                                 "checkpoint)")
+            if top_k is not None or top_p is not None:
+                raise ValueError(f"generate: top_k / top_p apply to mode 'ar' only; {mode} samples with "
+                                 "Gumbel-max at the given temperature")
+            L = 32 if block_length is None else block_length
+            if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 2:
+                raise ValueError(f"generate: block_length must be an integer >= 2, got {block_length!r}")
+            L = int(L)
+
+            def selector(chunk, causal, write_cache, last_only, stream, use_lora=False):
+                return self.forward_select(chunk, "causal" if causal else "bidirectional", write_cache=write_cache,
+                                           logits="last" if last_only else "all", use_lora=use_lora,
+                                           temperature=temperature, seed=seed, stream=stream)
+
+            if mode == "diffusion":
+                if use_lora is not None or draft_threshold:
+                    raise ValueError("generate: use_lora / draft_threshold apply to self_spec, not diffusion")
+                thr = 0.9 if threshold is _DEFAULT else threshold
+                if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
+                                        or not 0 < thr <= 1):
+                    raise ValueError(f"generate: threshold must be in (0, 1] or None, got {thr!r}")
+                if steps is not None and thr is not None:
+                    raise ValueError("generate: steps applies to the fixed schedule (threshold=None) only")
+                n_steps = L - 1 if steps is None else steps
+                if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= L - 1:
+                    raise ValueError(f"generate: steps must be an integer in [1, block_length - 1 = {L - 1}], "
+                                     f"got {steps!r}")
+                result = diffusion_generate(self, ids, max_new_tokens, L, None if thr is None else float(thr),
+                                            int(n_steps), selector, eos, on_tokens)
+            else:
+                if threshold is not _DEFAULT or steps is not None:
+                    raise ValueError("generate: threshold / steps apply to diffusion; self_spec takes "
+                                     "draft_threshold")
+                dt = draft_threshold
+                if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 <= dt <= 1:
+                    raise ValueError(f"generate: draft_threshold must be in [0, 1], got {draft_threshold!r}")
+                if use_lora and self.lora is None:
+                    raise ValueError("generate: use_lora=True but no LoRA adapter is attached "
+                                     "(tridecode.load(..., lora=PATH) or model.attach_lora(PATH))")
+                lora_on = self.lora is not None if use_lora is None else bool(use_lora)
+                result = self_spec_generate(self, ids, max_new_tokens, L, float(dt), lora_on, selector, eos,
+                                            on_tokens)
         if self.tokenizer is not None:
             result.text = self.tokenizer.decode(result.tokens)
         return result

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
 class GenerateResult:
     """What every generate mode returns.
 
-    tokens: the new tokens only (the prompt excluded), ending at the first EOS when one was produced.
-    nfe: the forward count as the reference implementation reports it for this mode.
-    forwards: every model forward, the prefill included.
+    tokens: the new tokens only (the prompt excluded), at most max_new_tokens, ending at the first EOS when
+        one was produced.
+    nfe: the forward count as the reference implementation reports it for this mode (AR: one per token;
+        diffusion: denoising + commit forwards, prefill excluded; self-spec: every forward).
+    forwards: every model forward, the prefill included (comparable across modes).
+    steps_per_block: diffusion only, denoising forwards of each block.
+    accepted_per_cycle / drafts_per_cycle: self-spec only, tokens emitted and draft forwards per cycle.
     """
 
     tokens: list
@@ -19,7 +23,9 @@ class GenerateResult:
     seconds: float
     stopped_on_eos: bool = False
     text: str | None = None
-    extra: dict = field(default_factory=dict)
+    steps_per_block: list | None = None
+    accepted_per_cycle: list | None = None
+    drafts_per_cycle: list | None = None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -29,7 +35,19 @@ class GenerateResult:
     def tokens_per_second(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
 
+    @property
+    def mean_accepted(self) -> float | None:
+        """Self-spec: mean tokens emitted per cycle."""
+        if not self.accepted_per_cycle:
+            return None
+        return sum(self.accepted_per_cycle) / len(self.accepted_per_cycle)
+
     def summary(self) -> str:
-        return (f"mode={self.mode} tokens={len(self.tokens)} nfe={self.nfe} forwards={self.forwards} "
-                f"tokens/forward={self.tokens_per_forward:.2f} seconds={self.seconds:.3f} "
-                f"tokens/s={self.tokens_per_second:.1f}")
+        parts = [f"mode={self.mode}", f"tokens={len(self.tokens)}", f"nfe={self.nfe}", f"forwards={self.forwards}",
+                 f"TPF={self.tokens_per_forward:.2f}"]
+        if self.mean_accepted is not None:
+            parts.append(f"mean_accepted={self.mean_accepted:.2f}")
+        if self.steps_per_block:
+            parts.append(f"blocks={len(self.steps_per_block)}")
+        parts += [f"seconds={self.seconds:.3f}", f"tokens/s={self.tokens_per_second:.1f}"]
+        return " ".join(parts)
