@@ -204,3 +204,53 @@ def test_cuda_unavailable_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="CUDA"):
         ops.rms_norm(np.ones((1, 4), np.float32), np.ones(4, np.float32), device="cuda")
+
+
+# ---- decode-loop ops: commit selection, fixed schedule, speculative acceptance ----
+
+@pytest.mark.parametrize("trial", range(40))
+def test_select_commits_matches_reference(trial):
+    from tridecode import _C
+    g = np.random.default_rng(trial)
+    L = int(g.integers(2, 40))
+    conf = g.random(L).astype(np.float32)
+    if trial % 4 == 0:
+        conf[g.integers(0, L, size=3)] = conf[0]          # exact ties
+    masked = (g.random(L) < 0.7).astype(np.uint8)
+    thr = float(g.choice([0.3, 0.5, 0.9, 1.0]))
+    got = _C.select_commits(conf, masked, thr, -1).astype(bool)
+    assert got.tolist() == ref.select_commits(conf, masked, threshold=thr).tolist()
+    k = int(g.integers(0, L + 1))
+    got = _C.select_commits(conf, masked, 0.0, k).astype(bool)
+    assert got.tolist() == ref.select_commits(conf, masked, k=k).tolist()
+
+
+def test_select_commits_rules_on_a_constructed_block():
+    from tridecode import _C
+    conf = np.array([0.99, 0.2, 0.95, 0.5, 0.95, 0.1], np.float32)
+    masked = np.array([0, 1, 1, 1, 1, 1], np.uint8)
+    # threshold 0.9: slots 2 and 4 clear it (slot 0 is not masked); the forced top-1 is among them.
+    assert _C.select_commits(conf, masked, 0.9, -1).tolist() == [0, 0, 1, 0, 1, 0]
+    # nothing clears 0.97: only the forced most confident, the lower slot of the 0.95 tie.
+    assert _C.select_commits(conf, masked, 0.97, -1).tolist() == [0, 0, 1, 0, 0, 0]
+    assert _C.select_commits(conf, masked, 0.0, 3).tolist() == [0, 0, 1, 1, 1, 0]
+    assert _C.select_commits(conf, np.zeros(6, np.uint8), 0.5, -1).tolist() == [0] * 6
+
+
+@pytest.mark.parametrize("masks,steps,want", [(7, 7, [1] * 7), (7, 3, [3, 2, 2]), (31, 32, [1] * 31 + [0]),
+                                              (7, 1, [7]), (10, 4, [3, 3, 2, 2])])
+def test_fixed_schedule(masks, steps, want):
+    assert ref.fixed_schedule(masks, steps) == want
+
+
+@pytest.mark.parametrize("draft,target,want", [
+    ([5, 1, 2, 3], [1, 2, 3, 9], 3),     # every draft accepted, 9 is the bonus token
+    ([5, 1, 2, 3], [1, 7, 3, 9], 1),     # mismatch at the second draft
+    ([5, 1, 2, 3], [4, 2, 3, 9], 0),     # first draft rejected: only the correction is emitted
+    ([5, 6], [6, 8], 1),
+    ([5], [3], 0),
+])
+def test_accept_length(draft, target, want):
+    from tridecode import _C
+    assert _C.accept_length(np.array(draft, np.int32), np.array(target, np.int32)) == want
+    assert ref.accept_length(draft, target) == want

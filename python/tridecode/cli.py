@@ -16,6 +16,15 @@ def _ids(text: str) -> list[int]:
     return ids
 
 
+def _threshold(text: str):
+    if text.lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold must be a number or 'none', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tridecode",
@@ -30,7 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs tokenizer.json in MODEL_DIR)")
     src.add_argument("--ids", type=_ids, help="prompt as comma-separated token ids, e.g. 1,15,70")
-    g.add_argument("--mode", default="ar", choices=["ar"], help="decoding mode (default: ar)")
+    g.add_argument("--mode", default="ar", choices=["ar", "diffusion", "self-spec"],
+                   help="decoding mode: ar (one token per forward), diffusion (block diffusion), self-spec "
+                        "(diffusion drafts verified autoregressively; output equals ar at temperature 0). "
+                        "Default: ar")
+    g.add_argument("--block-length", type=int, default=None,
+                   help="diffusion / self-spec block length (default: 32)")
+    g.add_argument("--threshold", type=_threshold, default=None,
+                   help="diffusion: commit every masked slot with confidence >= this (plus the most confident "
+                        "one) per step, in (0, 1] (default: 0.9); 'none' = fixed schedule of --steps steps")
+    g.add_argument("--steps", type=int, default=None,
+                   help="diffusion with --threshold none: denoising steps per block (default: block length - 1)")
+    g.add_argument("--draft-threshold", type=float, default=None,
+                   help="self-spec: 0 drafts a block in one forward (default); > 0 iterates, committing drafts "
+                        "with confidence >= this")
+    g.add_argument("--no-lora", action="store_true",
+                   help="self-spec: do not use the LoRA drafter (MODEL_DIR/linear_spec_lora/)")
+    g.add_argument("--lora", default=None, metavar="DIR", help="self-spec: LoRA drafter directory to use instead")
     g.add_argument("--max-new-tokens", type=int, default=64, help="at most this many new tokens (default: 64)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     g.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
@@ -68,7 +93,8 @@ def main(argv=None) -> int:
     try:
         if args.threads is not None:
             tridecode.set_num_threads(args.threads)
-        model = tridecode.load(args.model, dtype=args.dtype, max_context=args.max_context)
+        lora = None if args.no_lora else (args.lora or "auto")
+        model = tridecode.load(args.model, dtype=args.dtype, max_context=args.max_context, lora=lora)
         if args.prompt is not None and model.tokenizer is None:
             parser.error(f"--prompt needs {args.model}/tokenizer.json; use --ids instead")
         prompt = args.prompt if args.prompt is not None else args.ids
@@ -86,9 +112,21 @@ def main(argv=None) -> int:
                 printed.extend(tokens)
             sys.stdout.flush()
 
-        result = model.generate(prompt, mode=args.mode, max_new_tokens=args.max_new_tokens,
+        mode = args.mode.replace("-", "_")
+        kwargs = {}
+        if args.block_length is not None:
+            kwargs["block_length"] = args.block_length
+        if args.threshold is not None:
+            kwargs["threshold"] = None if args.threshold == "none" else args.threshold
+        if args.steps is not None:
+            kwargs["steps"] = args.steps
+        if args.draft_threshold is not None:
+            kwargs["draft_threshold"] = args.draft_threshold
+        if mode == "self_spec" and args.no_lora:
+            kwargs["use_lora"] = False
+        result = model.generate(prompt, mode=mode, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                seed=args.seed, eos_token_id=args.eos_token_id, on_tokens=stream)
+                                seed=args.seed, eos_token_id=args.eos_token_id, on_tokens=stream, **kwargs)
     except (ValueError, TypeError, OSError) as e:
         print(f"tridecode: error: {e}", file=sys.stderr)
         return 1
