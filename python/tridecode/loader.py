@@ -164,7 +164,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_file(tok_path)
     model = Model(native, cfg, weights, directory=directory, tokenizer=tokenizer, tied=tied)
-    if lora == "auto":
+    if isinstance(lora, str) and lora == "auto":
         from .lora import find_default
         lora = find_default(directory)
     if lora is not None:

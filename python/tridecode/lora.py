@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from .config import ModelConfig
 from .errors import CheckpointError
 from .safetensors_io import SafetensorsFile
@@ -28,7 +30,9 @@ def _cfg_err(path: str, msg: str) -> CheckpointError:
     return CheckpointError(f"{os.path.join(path, 'adapter_config.json')}: {msg}")
 
 
-def load_adapter(path: str, cfg: ModelConfig) -> LoraAdapter:
+def load_adapter(path, cfg: ModelConfig) -> LoraAdapter:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"LoRA adapter path must be a non-empty path, got {path!r}")
     path = os.fspath(path)
     cfg_path = os.path.join(path, "adapter_config.json")
     if not os.path.isdir(path) or not os.path.exists(cfg_path):
@@ -38,6 +42,8 @@ def load_adapter(path: str, cfg: ModelConfig) -> LoraAdapter:
             ac = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _cfg_err(path, f"malformed JSON: {e}") from e
+    except OSError as e:
+        raise _cfg_err(path, f"cannot be read: {e}") from e
     if not isinstance(ac, dict):
         raise _cfg_err(path, "expected a JSON object")
     if ac.get("peft_type", "LORA") != "LORA":
@@ -53,8 +59,15 @@ def load_adapter(path: str, cfg: ModelConfig) -> LoraAdapter:
     r, alpha = ac.get("r"), ac.get("lora_alpha")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise _cfg_err(path, f"'r' must be a positive integer, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise _cfg_err(path, f"'lora_alpha' must be a number, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise _cfg_err(path, f"'lora_alpha' must be a positive number, got {alpha!r}")
+    for key in ("alpha_pattern", "rank_pattern", "layers_to_transform", "layers_pattern", "modules_to_save",
+                "target_parameters"):
+        if ac.get(key):
+            raise _cfg_err(path, f"'{key}' is not supported (one rank and alpha for every o_proj), got {ac[key]!r}")
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if ac.get(key) is not None and not isinstance(ac[key], bool):
+            raise _cfg_err(path, f"'{key}' must be true or false, got {ac[key]!r}")
     if ac.get("fan_in_fan_out"):
         raise _cfg_err(path, "fan_in_fan_out adapters are not supported")
     if ac.get("bias", "none") not in ("none", None):
@@ -80,7 +93,11 @@ def load_adapter(path: str, cfg: ModelConfig) -> LoraAdapter:
             if info.shape != shape:
                 raise CheckpointError(f"{st.name}: tensor {name} has shape {list(info.shape)}, expected "
                                       f"{list(shape)} (rank {r} from adapter_config.json)")
-            pair.append(st.array(name))
+            arr, code = st.array(name)
+            values = arr if code != 2 else (arr.astype("uint32") << 16).view("float32")
+            if not np.isfinite(values).all():   # adapters are small: a full check costs nothing
+                raise CheckpointError(f"{st.name}: tensor {name} holds NaN or infinite values")
+            pair.append((arr, code))
             used.add(name)
         a.append(pair[0])
         b.append(pair[1])

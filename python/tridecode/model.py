@@ -32,6 +32,8 @@ class Model:
 
     # ---- LoRA drafter ----
     def attach_lora(self, path) -> None:
+        if path is None:
+            raise ValueError("attach_lora: give the adapter directory (use detach_lora() to remove one)")
         """Attaches a PEFT LoRA adapter on o_proj (the self-speculation drafter), used by draft passes only."""
         from .lora import load_adapter
 
@@ -185,7 +187,8 @@ class Model:
         use_lora: self-spec; apply the attached LoRA drafter to draft passes (default: when attached).
         on_tokens: called with each run of newly committed tokens, as they are committed (streaming).
         """
-        mode = _MODE_ALIASES.get(mode, mode)
+        if isinstance(mode, str):
+            mode = _MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ValueError(f"generate: unknown mode {mode!r} (available: {', '.join(MODES)})")
         if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
@@ -237,7 +240,7 @@ class Model:
                 if use_lora is not None or draft_threshold:
                     raise ValueError("generate: use_lora / draft_threshold apply to self_spec, not diffusion")
                 thr = 0.9 if threshold is _DEFAULT else threshold
-                if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float))
+                if thr is not None and (isinstance(thr, bool) or not isinstance(thr, numbers.Real)
                                         or not 0 < thr <= 1):
                     raise ValueError(f"generate: threshold must be in (0, 1] or None, got {thr!r}")
                 if steps is not None and thr is not None:
@@ -253,8 +256,10 @@ class Model:
                     raise ValueError("generate: threshold / steps apply to diffusion; self_spec takes "
                                      "draft_threshold")
                 dt = draft_threshold
-                if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not 0 <= dt <= 1:
+                if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not 0 <= dt <= 1:
                     raise ValueError(f"generate: draft_threshold must be in [0, 1], got {draft_threshold!r}")
+                if use_lora is not None and not isinstance(use_lora, (bool, np.bool_)):
+                    raise ValueError(f"generate: use_lora must be True, False or None, got {use_lora!r}")
                 if use_lora and self.lora is None:
                     raise ValueError("generate: use_lora=True but no LoRA adapter is attached "
                                      "(tridecode.load(..., lora=PATH) or model.attach_lora(PATH))")

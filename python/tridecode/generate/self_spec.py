@@ -23,8 +23,9 @@ def self_spec_generate(model, prompt, max_new_tokens, block_length, draft_thresh
     L = block_length
     mask = model.config.mask_token_id
     model.reset()
-    # A verify writes L rows starting at most at prompt + max_new_tokens - 1.
-    model.check_room(len(prompt) + max_new_tokens - 1 + L)
+    # A cycle runs only while fewer than max_new_tokens are out, so its block starts at most at
+    # prompt + max_new_tokens - 2 (the pending token is not cached) and writes L rows from there.
+    model.check_room(len(prompt) + (max_new_tokens - 2 + L if max_new_tokens > 1 else 0))
     start = time.perf_counter()
     out = Emitter(max_new_tokens, eos_ids, on_tokens)
     forwards = 0
