@@ -165,6 +165,20 @@ class PyModel {
   std::unique_ptr<Model> model_;
 };
 
+// Runs fn(idx, conf) without the GIL over fresh [n] outputs and returns them as a tuple.
+template <class Fn>
+py::tuple idx_conf(int n, Fn&& fn) {
+  py::array_t<int32_t> idx(n);
+  py::array_t<float> conf(n);
+  int32_t* ip = idx.mutable_data();
+  float* cp = conf.mutable_data();
+  {
+    py::gil_scoped_release r;
+    fn(ip, cp);
+  }
+  return py::make_tuple(idx, conf);
+}
+
 void check_rows(const py::array& a, int64_t cols, const char* op, const char* what) {
   TD_CHECK(a.ndim() == 2, "[", op, "] ", what, " must be 2-D, got ", a.ndim(), "-D");
   TD_CHECK(a.shape(1) == cols, "[", op, "] ", what, " has ", a.shape(1), " columns, expected ", cols);
@@ -280,34 +294,14 @@ PYBIND11_MODULE(_C, m) {
     cpu_backend().swiglu(gp, upp, n, op);
     return out;
   });
-  m.def("argmax_confidence", [](F32Array logits, int exclude_id) {
-    TD_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "[argmax_confidence] logits must be [n, vocab]");
-    const int n = static_cast<int>(logits.shape(0)), vocab = static_cast<int>(logits.shape(1));
-    py::array_t<int32_t> idx(n);
-    py::array_t<float> conf(n);
-    const float* lp = logits.data();
-    int32_t* ip = idx.mutable_data();
-    float* cp = conf.mutable_data();
-    {
-      py::gil_scoped_release r;
-      cpu_backend().argmax_confidence(lp, n, vocab, exclude_id, ip, cp);
-    }
-    return py::make_tuple(idx, conf);
-  });
   m.def("select", [](F32Array logits, int exclude_id, float temperature, uint64_t seed, uint64_t stream) {
     TD_CHECK(logits.ndim() == 2 && logits.shape(1) > 0, "[select] logits must be [n, vocab]");
     const int n = static_cast<int>(logits.shape(0)), vocab = static_cast<int>(logits.shape(1));
     TD_CHECK(exclude_id < vocab, "[select] exclude_id ", exclude_id, " outside the vocabulary");
-    py::array_t<int32_t> idx(n);
-    py::array_t<float> conf(n);
     const float* lp = logits.data();
-    int32_t* ip = idx.mutable_data();
-    float* cp = conf.mutable_data();
-    {
-      py::gil_scoped_release r;
+    return idx_conf(n, [&](int32_t* ip, float* cp) {
       cpu_backend().select(lp, n, vocab, SelectParams{exclude_id, temperature, seed, stream}, ip, cp);
-    }
-    return py::make_tuple(idx, conf);
+    });
   });
   m.def("head_select", [](F32Array x, py::array w, int wcode, int exclude_id, float temperature, uint64_t seed,
                           uint64_t stream) {
@@ -317,16 +311,10 @@ PYBIND11_MODULE(_C, m) {
     TD_CHECK(x.shape(0) > 0, "[head_select] x has no rows");
     TD_CHECK(exclude_id < wv.rows, "[head_select] exclude_id ", exclude_id, " outside the vocabulary");
     const int n = static_cast<int>(x.shape(0));
-    py::array_t<int32_t> idx(n);
-    py::array_t<float> conf(n);
     const float* xp = x.data();
-    int32_t* ip = idx.mutable_data();
-    float* cp = conf.mutable_data();
-    {
-      py::gil_scoped_release r;
+    return idx_conf(n, [&](int32_t* ip, float* cp) {
       cpu_backend().head_select(xp, n, wv, SelectParams{exclude_id, temperature, seed, stream}, ip, cp);
-    }
-    return py::make_tuple(idx, conf);
+    });
   });
   m.def("select_commits", [](F32Array conf, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> masked,
                              float threshold, int k) {

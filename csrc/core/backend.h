@@ -31,16 +31,12 @@ class Backend {
   virtual void add(float* x, const float* y, int64_t n) = 0;
   // x[i] += a * y[i]
   virtual void axpy(float* x, const float* y, float a, int64_t n) = 0;
-  // Per row of logits [n, vocab]: first index of the maximum (skipping exclude_id when >= 0) and its
-  // softmax probability.
-  virtual void argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
-                                 float* conf) = 0;
-
   // The sampler head fused with the LM head: per row of x [n, head.cols], the token chosen from
   // logits = x @ head^T under `sp` and its softmax confidence, without materialising the logits.
   virtual void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,
                            float* conf) = 0;
   // The same selection over given logits [n, vocab]; row r of the call draws its noise from hash row r.
+  // At temperature 0 this is argmax (first index of the maximum, never exclude_id) with its confidence.
   virtual void select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx,
                       float* conf) = 0;
 

@@ -104,28 +104,5 @@ void CpuBackend::axpy(float* x, const float* y, float a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += a * y[i];
 }
 
-void CpuBackend::argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
-                                   float* conf) {
-  TD_CHECK(vocab > 0, "[argmax_confidence] empty vocabulary");
-  TD_CHECK(!(vocab == 1 && exclude_id == 0), "[argmax_confidence] every id is excluded");
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * vocab >= (1 << 16))
-  for (int i = 0; i < n; ++i) {
-    const float* l = logits + static_cast<int64_t>(i) * vocab;
-    int best = -1;
-    float best_v = -INFINITY;
-    float row_max = -INFINITY;
-    for (int j = 0; j < vocab; ++j) {
-      row_max = std::fmax(row_max, l[j]);
-      if (j == exclude_id) continue;
-      if (best < 0 || l[j] > best_v) { best = j; best_v = l[j]; }  // strict >: first index wins ties
-    }
-    // Softmax over the whole row (the excluded id still takes probability mass, as in the reference).
-    double denom = 0.0;
-    for (int j = 0; j < vocab; ++j) denom += std::exp(static_cast<double>(l[j]) - row_max);
-    idx[i] = best;
-    conf[i] = static_cast<float>(std::exp(static_cast<double>(best_v) - row_max) / denom);
-  }
-}
-
 }  // namespace cpu
 }  // namespace td

@@ -17,8 +17,6 @@ class CpuBackend final : public Backend {
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
   void axpy(float* x, const float* y, float a, int64_t n) override;
-  void argmax_confidence(const float* logits, int n, int vocab, int exclude_id, int32_t* idx,
-                         float* conf) override;
   void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,
                    float* conf) override;
   void select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx, float* conf) override;

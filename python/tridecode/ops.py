@@ -120,5 +120,5 @@ def argmax_confidence(logits, exclude_id: int | None = None) -> tuple[np.ndarray
     l2 = logits.reshape(1, -1) if squeeze else logits
     if exclude_id is not None and not 0 <= exclude_id < l2.shape[1]:
         raise ValueError(f"[argmax_confidence] exclude_id {exclude_id} outside [0, {l2.shape[1]})")
-    idx, conf = _C.argmax_confidence(l2, -1 if exclude_id is None else int(exclude_id))
+    idx, conf = _C.select(l2, -1 if exclude_id is None else int(exclude_id), 0.0, 0, 0)
     return (idx[0], conf[0]) if squeeze else (idx, conf)

@@ -43,7 +43,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> int:
         """logits: [vocab] float32 -> the chosen token id."""
         if self.params.temperature == 0:
-            idx, _ = _C.argmax_confidence(logits.reshape(1, -1), self.exclude_id)
+            idx, _ = _C.select(logits.reshape(1, -1), self.exclude_id, 0.0, 0, 0)
             return int(idx[0])
         return sample(logits, self.params, self.rng, self.exclude_id)
 
