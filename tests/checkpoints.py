@@ -370,3 +370,101 @@ def checkpoint_bytes(directory) -> int:
     """Total size of the safetensors files in a directory."""
     return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                if f.endswith(".safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shaped random weights and LoRA drafter adapters
+# ---------------------------------------------------------------------------------------------------------
+
+def golden_recipe_tensors(cfg: dict, seed: int = 0, *, head_scale: float = 8.0, qk_gain: float = 0.5,
+                          emb_std: float = 0.02, norm_jitter: float = 0.1,
+                          mask_head_row_scale: float = 0.05) -> dict:
+    """Random weights drawn like the golden checkpoint's: small embeddings (the residual stream is led by
+    attention), q/k scaled by qk_gain, a diffusion head N(0, head_scale^2 / hidden) whose mask-token row is
+    shrunk (so the mask is never a confident choice), norms near 1, other matrices ~ N(0, 1/fan_in)."""
+    rng = np.random.default_rng(seed)
+    mask = cfg.get("mask_token_id")
+    out = {}
+    for name, shape in tensor_shapes(cfg).items():
+        if len(shape) == 1:
+            out[name] = (1.0 + norm_jitter * rng.standard_normal(shape)).astype(np.float32)
+        elif name.endswith("embed_tokens.weight"):
+            out[name] = (emb_std * rng.standard_normal(shape)).astype(np.float32)
+        elif name in ("diffusion_head.weight", "lm_head.weight"):
+            w = head_scale * rng.standard_normal(shape) / np.sqrt(shape[1])
+            if mask is not None:
+                w[mask] *= mask_head_row_scale
+            out[name] = w.astype(np.float32)
+        else:
+            w = rng.standard_normal(shape) / np.sqrt(shape[1])
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                w *= qk_gain
+            out[name] = w.astype(np.float32)
+    return out
+
+
+def lora_tensor_names(cfg: dict, layer: int) -> tuple[str, str]:
+    """(lora_A name, lora_B name) of the o_proj adapter of one layer, as PEFT saves them."""
+    prefix = "encoder." if cfg["model_type"] == "nemotron_labs_diffusion" else "model."
+    base = f"base_model.model.{prefix}layers.{layer}.self_attn.o_proj"
+    return f"{base}.lora_A.weight", f"{base}.lora_B.weight"
+
+
+def random_lora_tensors(cfg: dict, r: int, seed: int = 0, *, a_std: float | None = None,
+                        b_std: float = 0.05) -> dict:
+    """Random o_proj LoRA factors: A [r, heads*head_dim] ~ N(0, a_std^2) (default 1/fan_in),
+    B [hidden, r] ~ N(0, b_std^2 / r)."""
+    rng = np.random.default_rng(seed)
+    q_dim = cfg["num_attention_heads"] * head_dim_of(cfg)
+    a_std = 1.0 / np.sqrt(q_dim) if a_std is None else a_std
+    out = {}
+    for i in range(cfg["num_hidden_layers"]):
+        a_name, b_name = lora_tensor_names(cfg, i)
+        out[a_name] = (a_std * rng.standard_normal((r, q_dim))).astype(np.float32)
+        out[b_name] = (b_std * rng.standard_normal((cfg["hidden_size"], r)) / np.sqrt(r)).astype(np.float32)
+    return out
+
+
+def write_lora_adapter(directory, tensors: dict, *, r: int, lora_alpha: float, config_overrides=None) -> str:
+    """Writes a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) on o_proj."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    ac = {"peft_type": "LORA", "r": r, "lora_alpha": lora_alpha, "target_modules": ["o_proj"],
+          "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+          "use_dora": False, "task_type": None, "inference_mode": True}
+    ac.update(config_overrides or {})
+    with open(os.path.join(directory, "adapter_config.json"), "w", encoding="utf-8") as f:
+        json.dump(ac, f, indent=1)
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+                                os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def successor_tensors(cfg: dict, seed: int = 0, *, head_gain: float = 1e3, mix: float = 0.1) -> tuple[dict, np.ndarray]:
+    """Weights of a model whose every prediction is certain: the logits at a position holding token v favour
+    succ[v] by a margin of hundreds, so every softmax confidence is 1 in float32.
+
+    Embeddings are N(0, 1) rows; the attention and MLP outputs are scaled by `mix`, so the residual stream
+    stays close to the token's own embedding; the head row of token w is head_gain / hidden times the sum of
+    the embeddings of the tokens v with succ[v] == w. succ permutes the non-mask tokens and maps the mask id to
+    one of them; no token's successor is the mask id (its head row is zero). Returns (tensors, succ)."""
+    rng = np.random.default_rng(seed)
+    vocab, hidden = cfg["vocab_size"], cfg["hidden_size"]
+    mask = cfg.get("mask_token_id")
+    out = random_tensors(cfg, seed + 1)
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    ids = np.array([v for v in range(vocab) if v != mask])
+    succ = np.empty(vocab, np.int64)
+    succ[ids] = rng.permutation(ids)
+    if mask is not None:
+        succ[mask] = ids[int(rng.integers(len(ids)))]
+    prefix = "encoder." if cfg["model_type"] == "nemotron_labs_diffusion" else "model."
+    out[f"{prefix}embed_tokens.weight"] = emb
+    for name in out:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            out[name] = (out[name] * mix).astype(np.float32)
+    head = np.zeros((vocab, hidden), np.float64)
+    np.add.at(head, succ, emb.astype(np.float64) * (head_gain / hidden))
+    out["diffusion_head.weight" if cfg["model_type"] == "nemotron_labs_diffusion" else "lm_head.weight"] = \
+        head.astype(np.float32)
+    return out, succ

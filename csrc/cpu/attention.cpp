@@ -16,7 +16,7 @@ void CpuBackend::attention(const AttentionParams& p) {
   const int group = p.heads / p.kv_heads;
   const int d = p.head_dim;
   const SimdKernels& K = simd();
-  const bool parallel = static_cast<double>(p.n_q) * p.heads * p.kv_len * d >= (1 << 17);
+  const bool parallel = static_cast<double>(p.n_q) * p.heads * p.kv_len * d >= (1 << 19);
 #pragma omp parallel if (parallel)
   {
     std::vector<float> s(p.kv_len);

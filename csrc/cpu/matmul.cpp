@@ -11,7 +11,7 @@
 
 namespace td::cpu {
 
-constexpr double kParallelMinWork = 1 << 18;  // multiply-adds
+constexpr double kParallelMinWork = 1 << 20;  // multiply-adds (~0.1 ms on one core)
 
 void CpuBackend::matmul(const float* x, int m, const WeightView& w, float* out) {
   TD_CHECK(m > 0, "[matmul] no input rows");
