@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/backend.h"
 #include "core/dtype.h"
 
 namespace td::cuda {
@@ -11,6 +12,9 @@ namespace td::cuda {
 bool compiled();          // was the CUDA backend built in?
 int device_count();       // 0 when there is no driver, no device, or any error from the query
 std::string device_name(int device);
+
+// The CUDA backend (throws td::Error when there is no usable device or no CUDA build).
+Backend& backend();
 
 // RMSNorm on the GPU over host buffers (staged through device memory):  x, out [n, dim] fp32;
 // w [dim] in dtype wt. The first CUDA kernel; the full device backend comes later.

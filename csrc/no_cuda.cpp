@@ -7,6 +7,9 @@ namespace td::cuda {
 bool compiled() { return false; }
 int device_count() { return 0; }
 std::string device_name(int) { throw Error("[cuda] tridecode was built without the CUDA backend"); }
+Backend& backend() {
+  throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
+}
 void rms_norm_host(const float*, const void*, DType, int, int, float, float*) {
   throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
 }

@@ -52,21 +52,61 @@ RopeParams rope_from(const py::dict& c) {
 }
 
 // Owns the Python buffers the weight views point into, so they outlive the native model.
+Backend& backend_for(const std::string& device) {
+  if (device == "cpu") return cpu_backend();
+  if (device == "cuda") return td::cuda::backend();
+  throw Error("[model] unknown device '" + device + "' (use 'cpu' or 'cuda')");
+}
+
+ModelConfig config_from(const py::dict& cfg) {
+  ModelConfig c;
+  c.hidden = cfg["hidden"].cast<int>();
+  c.layers = cfg["layers"].cast<int>();
+  c.heads = cfg["heads"].cast<int>();
+  c.kv_heads = cfg["kv_heads"].cast<int>();
+  c.head_dim = cfg["head_dim"].cast<int>();
+  c.intermediate = cfg["intermediate"].cast<int>();
+  c.vocab = cfg["vocab"].cast<int>();
+  c.rms_eps = cfg["rms_eps"].cast<float>();
+  c.rope = rope_from(cfg);
+  c.validate();
+  return c;
+}
+
 class PyModel {
  public:
-  PyModel(const py::dict& cfg, const py::dict& weights, int capacity) {
-    ModelConfig c;
-    c.hidden = cfg["hidden"].cast<int>();
-    c.layers = cfg["layers"].cast<int>();
-    c.heads = cfg["heads"].cast<int>();
-    c.kv_heads = cfg["kv_heads"].cast<int>();
-    c.head_dim = cfg["head_dim"].cast<int>();
-    c.intermediate = cfg["intermediate"].cast<int>();
-    c.vocab = cfg["vocab"].cast<int>();
-    c.rms_eps = cfg["rms_eps"].cast<float>();
-    c.rope = rope_from(cfg);
-    c.validate();
+  // Random weights made directly in the backend's memory (no checkpoint): for benchmarks.
+  static PyModel random(const py::dict& cfg, int dtype_code, int capacity, const std::string& device,
+                        uint64_t seed) {
+    ModelConfig c = config_from(cfg);
+    const DType t = dtype_from_code(dtype_code);
+    auto shape = [&](int64_t rows, int64_t cols) { WeightView w; w.dtype = t; w.rows = rows; w.cols = cols; return w; };
+    ModelWeights w;
+    w.embed = shape(c.vocab, c.hidden);
+    w.final_norm = shape(1, c.hidden);
+    w.head = shape(c.vocab, c.hidden);
+    for (int i = 0; i < c.layers; ++i) {
+      LayerWeights L;
+      L.in_norm = shape(1, c.hidden);
+      L.post_norm = shape(1, c.hidden);
+      L.q = shape(c.q_dim(), c.hidden);
+      L.k = shape(c.kv_dim(), c.hidden);
+      L.v = shape(c.kv_dim(), c.hidden);
+      L.o = shape(c.hidden, c.q_dim());
+      L.gate = shape(c.intermediate, c.hidden);
+      L.up = shape(c.intermediate, c.hidden);
+      L.down = shape(c.hidden, c.intermediate);
+      w.layers.push_back(L);
+    }
+    PyModel m;
+    Backend& be = backend_for(device);
+    m.model_ = std::make_unique<Model>(std::move(c), std::move(w), capacity, be, true, seed);
+    m.init_outputs();
+    return m;
+  }
 
+  PyModel(const py::dict& cfg, const py::dict& weights, int capacity, const std::string& device) {
+    ModelConfig c = config_from(cfg);
     auto get = [&](const std::string& name) {
       TD_CHECK(weights.contains(name), "[model] weight ", name, " is missing");
       py::tuple t = weights[py::str(name)].cast<py::tuple>();
@@ -92,31 +132,60 @@ class PyModel {
       L.down = get(p + "down");
       w.layers.push_back(L);
     }
-    model_ = std::make_unique<Model>(std::move(c), std::move(w), capacity, cpu_backend());
+    Backend& be = backend_for(device);
+    model_ = std::make_unique<Model>(std::move(c), std::move(w), capacity, be);
+    // A device model holds its own copy: the host views (memory maps) may go.
+    if (be.is_device()) owners_.clear();
+    init_outputs();
+  }
+
+  void init_outputs() {
+    Backend& be = model_->backend();
+    out_logits_ = Buffer(be);
+    out_idx_ = Buffer(be);
+    out_conf_ = Buffer(be);
   }
 
   py::array_t<float> forward(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
                              bool use_lora) {
     const int n = chunk_len(ids, logits_from);
-    py::array_t<float> logits({static_cast<py::ssize_t>(n - logits_from),
-                               static_cast<py::ssize_t>(model_->config().vocab)});
+    const size_t rows = n - logits_from, vocab = model_->config().vocab;
+    py::array_t<float> logits({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(vocab)});
     ForwardOutput out;
-    out.logits = logits.mutable_data();
+    Backend& be = model_->backend();
+    out.logits = be.is_device() ? out_logits_.as<float>(rows * vocab) : logits.mutable_data();
     run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
+    if (be.is_device()) be.download(logits.mutable_data(), out.logits, rows * vocab * sizeof(float));
     return logits;
+  }
+
+  // Logits written straight into backend memory at out_ptr ([rows, vocab] fp32, e.g. a cupy array).
+  void forward_into(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
+                    bool use_lora, uintptr_t out_ptr) {
+    const int n = chunk_len(ids, logits_from);
+    TD_CHECK(out_ptr != 0, "[forward] null output pointer");
+    ForwardOutput out;
+    out.logits = reinterpret_cast<float*>(out_ptr);
+    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
   }
 
   // The fused sampler head: (token ids [rows], confidences [rows]) instead of logits.
   py::tuple forward_select(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
                            bool use_lora, int exclude_id, float temperature, uint64_t seed, uint64_t stream) {
     const int n = chunk_len(ids, logits_from);
-    py::array_t<int32_t> idx(n - logits_from);
-    py::array_t<float> conf(n - logits_from);
+    const size_t rows = n - logits_from;
+    py::array_t<int32_t> idx(rows);
+    py::array_t<float> conf(rows);
     ForwardOutput out;
-    out.idx = idx.mutable_data();
-    out.conf = conf.mutable_data();
+    Backend& be = model_->backend();
+    out.idx = be.is_device() ? out_idx_.as<int32_t>(rows) : idx.mutable_data();
+    out.conf = be.is_device() ? out_conf_.as<float>(rows) : conf.mutable_data();
     out.select = SelectParams{exclude_id, temperature, seed, stream};
     run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
+    if (be.is_device()) {   // the only host traffic of a generate-loop forward: a few ids and confidences
+      be.download(idx.mutable_data(), out.idx, rows * sizeof(int32_t));
+      be.download(conf.mutable_data(), out.conf, rows * sizeof(float));
+    }
     return py::make_tuple(idx, conf);
   }
 
@@ -137,6 +206,8 @@ class PyModel {
   bool has_lora() const { return model_->has_lora(); }
 
   int cache_length() const { return model_->cache().length(); }
+  int64_t backend_bytes() const { return model_->backend_bytes(); }
+  std::string device() const { return model_->backend().is_device() ? "cuda" : "cpu"; }
   int capacity() const { return model_->cache().capacity(); }
   int64_t cache_bytes() const { return model_->cache().bytes(); }
   void reset() { model_->cache().reset(); }
@@ -161,8 +232,10 @@ class PyModel {
                     logits_from, out, use_lora);
   }
 
+  PyModel() = default;
   std::vector<py::array> owners_, lora_owners_;
   std::unique_ptr<Model> model_;
+  Buffer out_logits_, out_idx_, out_conf_;   // device outputs before download (device backends only)
 };
 
 // Runs fn(idx, conf) without the GIL over fresh [n] outputs and returns them as a tuple.
@@ -188,7 +261,9 @@ void check_rows(const py::array& a, int64_t cols, const char* op, const char* wh
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tridecode native core";
+  // OutOfMemory first: pybind picks the most recently registered matching translator.
   py::register_exception<td::Error>(m, "TridecodeError", PyExc_ValueError);
+  py::register_exception<td::OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
 
   m.def("cuda_compiled", &td::cuda::compiled);
   m.def("cuda_device_count", &td::cuda::device_count);
@@ -201,8 +276,14 @@ PYBIND11_MODULE(_C, m) {
   });
 
   py::class_<PyModel>(m, "Model")
-      .def(py::init<const py::dict&, const py::dict&, int>(), py::arg("config"), py::arg("weights"),
-           py::arg("capacity"))
+      .def(py::init<const py::dict&, const py::dict&, int, const std::string&>(), py::arg("config"),
+           py::arg("weights"), py::arg("capacity"), py::arg("device") = "cpu")
+      .def_static("random", &PyModel::random, py::arg("config"), py::arg("dtype"), py::arg("capacity"),
+                  py::arg("device"), py::arg("seed") = 0)
+      .def("forward_into", &PyModel::forward_into, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),
+           py::arg("write_cache"), py::arg("logits_from"), py::arg("use_lora"), py::arg("out_ptr"))
+      .def_property_readonly("backend_bytes", &PyModel::backend_bytes)
+      .def_property_readonly("device", &PyModel::device)
       .def("forward", &PyModel::forward, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),
            py::arg("write_cache"), py::arg("logits_from"), py::arg("use_lora") = false)
       .def("forward_select", &PyModel::forward_select, py::arg("ids"), py::arg("start_pos"), py::arg("causal"),

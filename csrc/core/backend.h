@@ -15,6 +15,21 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
+  // ---- memory: every pointer an op takes lives in this backend's memory ----
+  virtual bool is_device() const { return false; }    // false: backend memory is host memory
+  virtual void* alloc(size_t bytes) = 0;               // throws td::OutOfMemory
+  virtual void free(void* p) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;   // waits for pending work
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;            // within backend memory
+  // Fills n elements of dtype t with N(0, std^2) draws from a counter hash of (seed, index) (benchmarks).
+  virtual void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) = 0;
+
+  // chunk [n, kv_heads, head_dim] -> cache rows row0..row0+n-1 of a [kv_heads, capacity, head_dim] layout
+  // whose heads are head_stride floats apart.
+  virtual void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
+                        int64_t head_stride) = 0;
+
   // out[i, :] = table[ids[i], :]; ids already range-checked by the caller.   out: [n, table.cols]
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
   // out[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w                           x, out: [n, dim]

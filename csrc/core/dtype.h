@@ -59,6 +59,29 @@ static inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// Round-to-nearest-even float -> IEEE half (overflow to inf, subnormals kept).
+static inline uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+  if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);   // rounds to >= 65520: inf
+  if (absx < 0x38800000u) {                                                 // below the smallest normal half
+    if (absx < 0x33000000u) return static_cast<uint16_t>(sign);             // < 2^-25: rounds to zero
+    const uint32_t e = absx >> 23, m = (absx & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;                                         // 14..24
+    uint32_t h = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  uint32_t h = ((absx >> 13) - (112u << 10));
+  const uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
 // Converts n stored elements to fp32.
 static inline void to_f32(const void* src, DType t, int64_t n, float* dst) {
   switch (t) {

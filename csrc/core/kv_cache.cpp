@@ -4,12 +4,13 @@
 
 namespace td {
 
-KVCache::KVCache(int layers, int kv_heads, int head_dim, int capacity)
-    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity) {
+KVCache::KVCache(Backend& backend, int layers, int kv_heads, int head_dim, int capacity)
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity), k_(backend), v_(backend) {
   TD_CHECK(capacity > 0, "[kv_cache] capacity must be positive, got ", capacity);
   layer_stride_ = static_cast<int64_t>(kv_heads) * capacity * head_dim;
-  k_.assign(static_cast<size_t>(layer_stride_) * layers, 0.0f);
-  v_.assign(static_cast<size_t>(layer_stride_) * layers, 0.0f);
+  const size_t bytes = static_cast<size_t>(layer_stride_) * layers * sizeof(float);
+  k_.reserve(bytes);
+  v_.reserve(bytes);
 }
 
 void KVCache::crop(int new_length) {

@@ -1,19 +1,20 @@
 // The KV cache of one model instance: causal K/V of committed tokens at absolute positions 0..length-1.
 //
-// Layout per layer: K and V each [kv_heads, capacity, head_dim] in fp32, so one head's keys are contiguous
-// for the attention loop. A forward always writes its chunk's K/V at rows length..length+n-1 (scratch when
-// the forward does not commit), so attention reads one contiguous range whatever the pattern; committing
-// is then just advancing `length`, and a crop just lowers it.
+// Layout per layer: K and V each [kv_heads, capacity, head_dim] in fp32, in the backend's memory, so one
+// head's keys are contiguous for the attention loop. A forward always writes its chunk's K/V at rows
+// length..length+n-1 (scratch when the forward does not commit), so attention reads one contiguous range
+// whatever the pattern; committing is then just advancing `length`, and a crop just lowers it.
 #pragma once
 #include <cstdint>
-#include <vector>
+
+#include "core/buffer.h"
 
 namespace td {
 
 class KVCache {
  public:
   KVCache() = default;
-  KVCache(int layers, int kv_heads, int head_dim, int capacity);
+  KVCache(Backend& backend, int layers, int kv_heads, int head_dim, int capacity);
 
   int capacity() const { return capacity_; }
   int length() const { return length_; }
@@ -22,16 +23,16 @@ class KVCache {
   void append(int n);             // commits rows length..length+n-1, already written by a forward
   void check_room(int n) const;   // throws when length + n exceeds the capacity
 
-  float* k(int layer) { return k_.data() + layer * layer_stride_; }
-  float* v(int layer) { return v_.data() + layer * layer_stride_; }
+  float* k(int layer) { return static_cast<float*>(k_.get()) + layer * layer_stride_; }
+  float* v(int layer) { return static_cast<float*>(v_.get()) + layer * layer_stride_; }
   int64_t head_stride() const { return static_cast<int64_t>(capacity_) * head_dim_; }
   int64_t token_stride() const { return head_dim_; }
-  int64_t bytes() const { return static_cast<int64_t>(k_.size() + v_.size()) * 4; }
+  int64_t bytes() const { return 2 * layer_stride_ * layers_ * static_cast<int64_t>(sizeof(float)); }
 
  private:
   int layers_ = 0, kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, length_ = 0;
   int64_t layer_stride_ = 0;
-  std::vector<float> k_, v_;
+  Buffer k_, v_;
 };
 
 }  // namespace td

@@ -2,49 +2,95 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/check.h"
 
 namespace td {
 
 namespace {
-void check_shape(const WeightView& w, int64_t rows, int64_t cols, const char* what) {
-  TD_CHECK(w.data != nullptr, "[model] weight ", what, " is missing");
+void check_shape(const WeightView& w, int64_t rows, int64_t cols, const char* what, bool need_data) {
+  TD_CHECK(!need_data || w.data != nullptr, "[model] weight ", what, " is missing");
   TD_CHECK(w.rows == rows && w.cols == cols, "[model] weight ", what, " has shape [", w.rows, ", ", w.cols,
            "], expected [", rows, ", ", cols, "]");
 }
 }  // namespace
 
-void validate_weights(const ModelConfig& c, const ModelWeights& w) {
+void validate_weights(const ModelConfig& c, const ModelWeights& w, bool need_data) {
   TD_CHECK(static_cast<int>(w.layers.size()) == c.layers, "[model] got ", w.layers.size(), " layers, expected ",
            c.layers);
-  check_shape(w.embed, c.vocab, c.hidden, "embed");
-  check_shape(w.final_norm, 1, c.hidden, "final_norm");
-  check_shape(w.head, c.vocab, c.hidden, "head");
+  check_shape(w.embed, c.vocab, c.hidden, "embed", need_data);
+  check_shape(w.final_norm, 1, c.hidden, "final_norm", need_data);
+  check_shape(w.head, c.vocab, c.hidden, "head", need_data);
   for (const auto& l : w.layers) {
-    check_shape(l.in_norm, 1, c.hidden, "input_layernorm");
-    check_shape(l.q, c.q_dim(), c.hidden, "q_proj");
-    check_shape(l.k, c.kv_dim(), c.hidden, "k_proj");
-    check_shape(l.v, c.kv_dim(), c.hidden, "v_proj");
-    check_shape(l.o, c.hidden, c.q_dim(), "o_proj");
-    check_shape(l.post_norm, 1, c.hidden, "post_attention_layernorm");
-    check_shape(l.gate, c.intermediate, c.hidden, "gate_proj");
-    check_shape(l.up, c.intermediate, c.hidden, "up_proj");
-    check_shape(l.down, c.hidden, c.intermediate, "down_proj");
+    check_shape(l.in_norm, 1, c.hidden, "input_layernorm", need_data);
+    check_shape(l.q, c.q_dim(), c.hidden, "q_proj", need_data);
+    check_shape(l.k, c.kv_dim(), c.hidden, "k_proj", need_data);
+    check_shape(l.v, c.kv_dim(), c.hidden, "v_proj", need_data);
+    check_shape(l.o, c.hidden, c.q_dim(), "o_proj", need_data);
+    check_shape(l.post_norm, 1, c.hidden, "post_attention_layernorm", need_data);
+    check_shape(l.gate, c.intermediate, c.hidden, "gate_proj", need_data);
+    check_shape(l.up, c.intermediate, c.hidden, "up_proj", need_data);
+    check_shape(l.down, c.hidden, c.intermediate, "down_proj", need_data);
   }
 }
 
-Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend)
-    : cfg_(std::move(cfg)), w_(std::move(weights)), backend_(backend) {
+Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend, bool random_init,
+             uint64_t seed)
+    : cfg_(std::move(cfg)), w_(std::move(weights)), backend_(backend),
+      x_(backend), norm_(backend), q_(backend), k_(backend), v_(backend), attn_(backend), proj_(backend),
+      gate_(backend), up_(backend), lora_t_(backend), lora_u_(backend), ids_(backend), pos_(backend) {
   cfg_.validate();
-  validate_weights(cfg_, w_);
-  cache_ = KVCache(cfg_.layers, cfg_.kv_heads, cfg_.head_dim, capacity);
+  validate_weights(cfg_, w_, !random_init);
+  const ModelConfig& c = cfg_;
+  if (backend_.is_device() || random_init) {
+    const float proj_std = 1.0f / std::sqrt(static_cast<float>(c.hidden));
+    uint64_t s = seed;
+    w_.embed = place(w_.embed, random_init, ++s, 1.0f);
+    w_.final_norm = place(w_.final_norm, random_init, ++s, 0.0f);
+    w_.head = place(w_.head, random_init, ++s, proj_std);
+    for (auto& L : w_.layers) {
+      for (WeightView* wv : {&L.q, &L.k, &L.v, &L.gate, &L.up}) *wv = place(*wv, random_init, ++s, proj_std);
+      L.o = place(L.o, random_init, ++s, 1.0f / std::sqrt(static_cast<float>(c.q_dim())));
+      L.down = place(L.down, random_init, ++s, 1.0f / std::sqrt(static_cast<float>(c.intermediate)));
+      L.in_norm = place(L.in_norm, random_init, ++s, 0.0f);
+      L.post_norm = place(L.post_norm, random_init, ++s, 0.0f);
+    }
+  }
+  cache_ = KVCache(backend_, c.layers, c.kv_heads, c.head_dim, capacity);
+}
+
+// Copies (or, for random_init, allocates and fills) one weight in backend memory; fill_random with std 0
+// writes ones (norm weights).
+WeightView Model::place(const WeightView& host, bool random, uint64_t seed, float std) {
+  const int64_t count = host.rows * host.cols;
+  const size_t bytes = static_cast<size_t>(count) * dtype_size(host.dtype);
+  Buffer buf(backend_);
+  void* dst = buf.reserve(bytes);
+  if (random)
+    backend_.fill_random(dst, host.dtype, count, std, seed);
+  else
+    backend_.upload(dst, host.data, bytes);
+  owned_.push_back(std::move(buf));
+  WeightView out = host;
+  out.data = dst;
+  return out;
+}
+
+int64_t Model::backend_bytes() const {
+  int64_t total = cache_.bytes();
+  for (const Buffer& b : owned_) total += static_cast<int64_t>(b.capacity());
+  for (const Buffer& b : lora_owned_) total += static_cast<int64_t>(b.capacity());
+  for (const Buffer* b : {&x_, &norm_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &lora_t_, &lora_u_, &ids_, &pos_})
+    total += static_cast<int64_t>(b->capacity());
+  return total;
 }
 
 void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale) {
   const ModelConfig& c = cfg_;
   if (a.empty() && b.empty()) {
     for (auto& L : w_.layers) L.lora_a = L.lora_b = WeightView{};
+    lora_owned_.clear();
     w_.lora_rank = 0;
     w_.lora_scale = 0.0f;
     return;
@@ -60,10 +106,22 @@ void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightV
     TD_CHECK(b[i].rows == c.hidden && b[i].cols == r, "[lora] layer ", i, " lora_B has shape [", b[i].rows, ", ",
              b[i].cols, "], expected [", c.hidden, ", ", r, "]");
   }
+  std::vector<Buffer> uploaded;
   for (int i = 0; i < c.layers; ++i) {
-    w_.layers[i].lora_a = a[i];
-    w_.layers[i].lora_b = b[i];
+    WeightView wa = a[i], wb = b[i];
+    if (backend_.is_device()) {
+      for (WeightView* wv : {&wa, &wb}) {
+        Buffer buf(backend_);
+        const size_t bytes = static_cast<size_t>(wv->rows * wv->cols) * dtype_size(wv->dtype);
+        backend_.upload(buf.reserve(bytes), wv->data, bytes);
+        wv->data = buf.get();
+        uploaded.push_back(std::move(buf));
+      }
+    }
+    w_.layers[i].lora_a = wa;
+    w_.layers[i].lora_b = wb;
   }
+  lora_owned_ = std::move(uploaded);
   w_.lora_rank = static_cast<int>(r);
   w_.lora_scale = scale;
 }
@@ -84,64 +142,71 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   cache_.check_room(n);
 
   const int64_t H = c.hidden, QD = c.q_dim(), KD = c.kv_dim(), I = c.intermediate;
-  x_.resize(n * H); norm_.resize(n * H); q_.resize(n * QD); k_.resize(n * KD); v_.resize(n * KD);
-  attn_.resize(n * QD); proj_.resize(n * H); gate_.resize(n * I); up_.resize(n * I);
-  pos_.resize(n);
-  if (use_lora) {
-    lora_t_.resize(static_cast<size_t>(n) * w_.lora_rank);
-    lora_u_.resize(n * H);
+  float* x = x_.as<float>(n * H);
+  float* norm = norm_.as<float>(n * H);
+  float* q = q_.as<float>(n * QD);
+  float* k = k_.as<float>(n * KD);
+  float* v = v_.as<float>(n * KD);
+  float* attn = attn_.as<float>(n * QD);
+  float* proj = proj_.as<float>(n * H);
+  float* gate = gate_.as<float>(n * I);
+  float* up = up_.as<float>(n * I);
+  float* lora_t = use_lora ? lora_t_.as<float>(static_cast<size_t>(n) * w_.lora_rank) : nullptr;
+  float* lora_u = use_lora ? lora_u_.as<float>(n * H) : nullptr;
+  std::vector<int64_t> host_pos(n);
+  for (int i = 0; i < n; ++i) host_pos[i] = start_pos + i;
+  const int32_t* dev_ids = ids;
+  const int64_t* pos = host_pos.data();
+  if (backend_.is_device()) {
+    dev_ids = ids_.as<int32_t>(n);
+    backend_.upload(const_cast<int32_t*>(dev_ids), ids, n * sizeof(int32_t));
+    pos = pos_.as<int64_t>(n);
+    backend_.upload(const_cast<int64_t*>(pos), host_pos.data(), n * sizeof(int64_t));
   }
-  for (int i = 0; i < n; ++i) pos_[i] = start_pos + i;
 
   const int cached = cache_.length();
-  backend_.embed(w_.embed, ids, n, x_.data());
+  backend_.embed(w_.embed, dev_ids, n, x);
   for (int li = 0; li < c.layers; ++li) {
     const LayerWeights& L = w_.layers[li];
-    backend_.rms_norm(x_.data(), L.in_norm, n, H, c.rms_eps, norm_.data());
-    backend_.matmul(norm_.data(), n, L.q, q_.data());
-    backend_.matmul(norm_.data(), n, L.k, k_.data());
-    backend_.matmul(norm_.data(), n, L.v, v_.data());
-    backend_.rope(q_.data(), n, c.heads, c.head_dim, pos_.data(), c.rope, true);
-    backend_.rope(k_.data(), n, c.kv_heads, c.head_dim, pos_.data(), c.rope, false);
-
-    // Chunk K/V -> cache rows cached..cached+n-1 (head-major layout).
+    backend_.rms_norm(x, L.in_norm, n, H, c.rms_eps, norm);
+    backend_.matmul(norm, n, L.q, q);
+    backend_.matmul(norm, n, L.k, k);
+    backend_.matmul(norm, n, L.v, v);
+    backend_.rope(q, n, c.heads, c.head_dim, pos, c.rope, true);
+    backend_.rope(k, n, c.kv_heads, c.head_dim, pos, c.rope, false);
     float* kc = cache_.k(li);
     float* vc = cache_.v(li);
-    for (int i = 0; i < n; ++i)
-      for (int g = 0; g < c.kv_heads; ++g) {
-        const int64_t dst = g * cache_.head_stride() + (cached + i) * cache_.token_stride();
-        std::memcpy(kc + dst, k_.data() + i * KD + g * c.head_dim, c.head_dim * sizeof(float));
-        std::memcpy(vc + dst, v_.data() + i * KD + g * c.head_dim, c.head_dim * sizeof(float));
-      }
+    backend_.kv_write(kc, k, n, c.kv_heads, c.head_dim, cached, cache_.head_stride());
+    backend_.kv_write(vc, v, n, c.kv_heads, c.head_dim, cached, cache_.head_stride());
 
     AttentionParams p;
-    p.q = q_.data(); p.k = kc; p.v = vc; p.out = attn_.data();
+    p.q = q; p.k = kc; p.v = vc; p.out = attn;
     p.n_q = n; p.kv_len = cached + n; p.heads = c.heads; p.kv_heads = c.kv_heads; p.head_dim = c.head_dim;
     p.kv_token_stride = cache_.token_stride(); p.kv_head_stride = cache_.head_stride();
     p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     p.causal = mode == AttnMode::Causal;
     backend_.attention(p);
 
-    backend_.matmul(attn_.data(), n, L.o, proj_.data());
+    backend_.matmul(attn, n, L.o, proj);
     if (use_lora) {
-      backend_.matmul(attn_.data(), n, L.lora_a, lora_t_.data());
-      backend_.matmul(lora_t_.data(), n, L.lora_b, lora_u_.data());
-      backend_.axpy(proj_.data(), lora_u_.data(), w_.lora_scale, n * H);
+      backend_.matmul(attn, n, L.lora_a, lora_t);
+      backend_.matmul(lora_t, n, L.lora_b, lora_u);
+      backend_.axpy(proj, lora_u, w_.lora_scale, n * H);
     }
-    backend_.add(x_.data(), proj_.data(), n * H);
-    backend_.rms_norm(x_.data(), L.post_norm, n, H, c.rms_eps, norm_.data());
-    backend_.matmul(norm_.data(), n, L.gate, gate_.data());
-    backend_.matmul(norm_.data(), n, L.up, up_.data());
-    backend_.swiglu(gate_.data(), up_.data(), n * I, gate_.data());
-    backend_.matmul(gate_.data(), n, L.down, proj_.data());
-    backend_.add(x_.data(), proj_.data(), n * H);
+    backend_.add(x, proj, n * H);
+    backend_.rms_norm(x, L.post_norm, n, H, c.rms_eps, norm);
+    backend_.matmul(norm, n, L.gate, gate);
+    backend_.matmul(norm, n, L.up, up);
+    backend_.swiglu(gate, up, n * I, gate);
+    backend_.matmul(gate, n, L.down, proj);
+    backend_.add(x, proj, n * H);
   }
   const int rows = n - logits_from;
-  backend_.rms_norm(x_.data() + logits_from * H, w_.final_norm, rows, H, c.rms_eps, norm_.data());
+  backend_.rms_norm(x + logits_from * H, w_.final_norm, rows, H, c.rms_eps, norm);
   if (out.logits != nullptr)
-    backend_.matmul(norm_.data(), rows, w_.head, out.logits);
+    backend_.matmul(norm, rows, w_.head, out.logits);
   else
-    backend_.head_select(norm_.data(), rows, w_.head, out.select, out.idx, out.conf);
+    backend_.head_select(norm, rows, w_.head, out.select, out.idx, out.conf);
   if (write_cache) cache_.append(n);
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/buffer.h"
 #include "core/config.h"
 #include "core/kv_cache.h"
 #include "core/tensor.h"
@@ -35,7 +36,7 @@ struct ModelWeights {
 enum class AttnMode { Causal = 0, Bidirectional = 1 };
 
 // What a forward produces for rows logits_from..n-1: full logits, or (fused sampler head) the chosen
-// token and its confidence per row.
+// token and its confidence per row. The pointers are in the backend's memory.
 struct ForwardOutput {
   float* logits = nullptr;  // [(n - logits_from), vocab], or null
   int32_t* idx = nullptr;   // [(n - logits_from)] when logits is null
@@ -45,7 +46,11 @@ struct ForwardOutput {
 
 class Model {
  public:
-  Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend);
+  // Weights are host views (memory-mapped files). A device backend uploads them once; the CPU backend reads
+  // them in place. With random_init, the weights hold only shapes/dtypes and are allocated and filled with
+  // random values in the backend's memory (benchmarks without a checkpoint).
+  Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend, bool random_init = false,
+        uint64_t seed = 0);
 
   const ModelConfig& config() const { return cfg_; }
   KVCache& cache() { return cache_; }
@@ -61,17 +66,22 @@ class Model {
   // Attaches (or, with empty views, removes) a LoRA adapter on o_proj; validated against the shapes.
   void set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale);
   bool has_lora() const { return w_.lora_rank > 0; }
+  // Bytes of backend memory held: uploaded weights, KV cache, scratch.
+  int64_t backend_bytes() const;
 
  private:
+  WeightView place(const WeightView& host, bool random, uint64_t seed, float std);
+
   ModelConfig cfg_;
   ModelWeights w_;
   Backend& backend_;
   KVCache cache_;
-  // Scratch, grown on demand: [n, hidden], [n, q_dim], [n, kv_dim] x2, [n, intermediate] x2.
-  std::vector<float> x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_;
-  std::vector<int64_t> pos_;
+  std::vector<Buffer> owned_;        // uploaded weights (device backends)
+  std::vector<Buffer> lora_owned_;
+  // Scratch, grown on demand: [n, hidden] x3, [n, q_dim] x2, [n, kv_dim] x2, [n, intermediate] x2, LoRA.
+  Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, ids_, pos_;
 };
 
-void validate_weights(const ModelConfig& cfg, const ModelWeights& w);
+void validate_weights(const ModelConfig& cfg, const ModelWeights& w, bool need_data = true);
 
 }  // namespace td

@@ -37,6 +37,13 @@ TD_HD double uniform01(uint64_t seed, uint64_t stream, uint64_t row, uint64_t co
   return (static_cast<double>(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
+// A standard normal draw (Box-Muller) from the hash of (seed, index): for random weights.
+TD_HD float normal_from_hash(uint64_t seed, uint64_t index) {
+  const double u1 = uniform01(seed, 0x6e6f726dull, index, 0);
+  const double u2 = uniform01(seed, 0x6e6f726dull, index, 1);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
 TD_HD double gumbel(uint64_t seed, uint64_t stream, uint64_t row, uint64_t col) {
   return -std::log(-std::log(uniform01(seed, stream, row, col)));
 }

@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "core/check.h"
@@ -34,6 +36,37 @@ const SimdKernels& simd() {
     return SimdKernels{"generic", dot_tile_generic, to_f32_generic, dot_generic};
   }();
   return k;
+}
+
+void* CpuBackend::alloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) bytes = 1;
+  if (posix_memalign(&p, 64, bytes) != 0 || p == nullptr)
+    throw OutOfMemory(detail::concat("[cpu] out of memory allocating ", bytes, " bytes"));
+  return p;
+}
+
+void CpuBackend::free(void* p) { std::free(p); }
+void CpuBackend::upload(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void CpuBackend::download(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
+
+void CpuBackend::fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) {
+#pragma omp parallel for schedule(static) if (n >= (1 << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std == 0.0f ? 1.0f : std * normal_from_hash(seed, static_cast<uint64_t>(i));
+    if (t == DType::F32) static_cast<float*>(dst)[i] = v;
+    else if (t == DType::BF16) static_cast<uint16_t*>(dst)[i] = f32_to_bf16(v);
+    else static_cast<uint16_t*>(dst)[i] = f32_to_f16(v);
+  }
+}
+
+void CpuBackend::kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
+                          int64_t head_stride) {
+  for (int i = 0; i < n; ++i)
+    for (int g = 0; g < kv_heads; ++g)
+      std::memcpy(cache + g * head_stride + (row0 + i) * head_dim,
+                  chunk + (static_cast<int64_t>(i) * kv_heads + g) * head_dim, head_dim * sizeof(float));
 }
 
 void CpuBackend::embed(const WeightView& table, const int32_t* ids, int n, float* out) {

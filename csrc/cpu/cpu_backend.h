@@ -8,6 +8,14 @@ namespace td::cpu {
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) override;
+  void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
+                int64_t head_stride) override;
   void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;
   void matmul(const float* x, int m, const WeightView& w, float* out) override;

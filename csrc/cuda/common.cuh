@@ -1,6 +1,10 @@
 // Shared by every .cu: the status check and dtype dispatch.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "core/check.h"
 #include "core/dtype.h"
@@ -22,5 +26,20 @@ __device__ __forceinline__ float load_f32(const void* p, DType t, int64_t i) {
 
 // Throws td::Error unless a device is usable.
 void require_device();
+
+// Launch-error check after every kernel launch (cheap: no synchronisation).
+#define TD_CUDA_LAUNCH_CHECK(op) TD_CUDA_CHECK_NAMED(cudaGetLastError(), op)
+#define TD_CUDA_CHECK_NAMED(expr, op)                                                               \
+  do {                                                                                               \
+    cudaError_t td_err_ = (expr);                                                                    \
+    TD_CHECK(td_err_ == cudaSuccess, "[", op, "] kernel launch failed: ", cudaGetErrorString(td_err_)); \
+  } while (0)
+
+inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
 
 }  // namespace td::cuda

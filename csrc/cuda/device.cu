@@ -1,6 +1,10 @@
+// Device query, memory and the backend singleton.
 #include <cuda_fp16.h>
 
+#include <memory>
+
 #include "cuda/common.cuh"
+#include "cuda/cuda_backend.h"
 #include "cuda_api.h"
 
 namespace td::cuda {
@@ -26,6 +30,43 @@ std::string device_name(int device) {
 
 void require_device() {
   TD_CHECK(device_count() > 0, "[cuda] no CUDA device is available (no driver or no GPU)");
+}
+
+Backend& backend() {
+  require_device();
+  static CudaBackend instance;
+  return instance;
+}
+
+CudaBackend::CudaBackend() : scratch_logits_(*this), scratch_partial_(*this), scratch_small_(*this) {}
+
+void* CudaBackend::alloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    if (err == cudaErrorMemoryAllocation)
+      throw OutOfMemory(detail::concat("[cuda] out of device memory allocating ", bytes, " bytes (", free_b,
+                                       " of ", total_b, " bytes free)"));
+    throw Error(detail::concat("[cuda] cudaMalloc of ", bytes, " bytes failed: ", cudaGetErrorString(err)));
+  }
+  return p;
+}
+
+void CudaBackend::free(void* p) { cudaFree(p); }
+
+void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+  TD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+void CudaBackend::download(void* dst, const void* src, size_t bytes) {
+  TD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  TD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 
 }  // namespace td::cuda

@@ -1,0 +1,46 @@
+// The CUDA backend: every op of core/backend.h on device pointers, on the legacy default stream (so it
+// orders with cupy and torch work on that stream). Activations and the KV cache are fp32; weights stay in
+// their stored dtype (bf16 / f16 / f32) and are widened in registers.
+#pragma once
+#include "core/backend.h"
+#include "core/buffer.h"
+
+namespace td::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();
+  const char* name() const override { return "cuda"; }
+  bool is_device() const override { return true; }
+  void* alloc(size_t bytes) override;
+  void free(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) override;
+  void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
+                int64_t head_stride) override;
+
+  void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
+  void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;
+  void matmul(const float* x, int m, const WeightView& w, float* out) override;
+  void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
+            bool is_query) override;
+  void attention(const AttentionParams& p) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  void add(float* x, const float* y, int64_t n) override;
+  void axpy(float* x, const float* y, float a, int64_t n) override;
+  void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,
+                   float* conf) override;
+  void select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx, float* conf) override;
+  int select_commits(const float* conf, const uint8_t* masked, int L, float threshold, int k,
+                     uint8_t* commit) override;
+  int accept_length(const int32_t* draft, const int32_t* target, int L) override;
+
+ private:
+  Buffer scratch_logits_;   // head_select: [n, vocab] logits kept on the device
+  Buffer scratch_partial_;  // attention split-KV partials and select per-split statistics
+  Buffer scratch_small_;    // single-int results of the decode-loop ops
+};
+
+}  // namespace td::cuda
