@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/backend.h"
 #include "core/dtype.h"
@@ -15,6 +16,9 @@ std::string device_name(int device);
 
 // The CUDA backend (throws td::Error when there is no usable device or no CUDA build).
 Backend& backend();
+
+void synchronize();                                  // waits for all queued device work
+std::pair<size_t, size_t> memory_info();             // (free, total) device bytes
 
 // RMSNorm on the GPU over host buffers (staged through device memory):  x, out [n, dim] fp32;
 // w [dim] in dtype wt. The first CUDA kernel; the full device backend comes later.

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
+
 import tridecode
 from tridecode import _C
 
@@ -34,3 +36,30 @@ def test_cudart_is_not_a_dynamic_dependency():
 def test_cpu_kernels_were_selected():
     assert _C.cpu_isa() in ("generic", "avx2", "avx512")
     assert tridecode.num_threads() >= 1
+
+
+def test_cuda_requests_without_a_gpu_are_clear_errors():
+    if tridecode.cuda_available():
+        return
+    import pytest
+    from golden import GOLDEN_DIR
+
+    with pytest.raises(ValueError, match="CUDA|cuda"):
+        tridecode.load(GOLDEN_DIR, device="cuda")
+    with pytest.raises(ValueError, match="CUDA|cuda"):
+        tridecode.ops.matmul(np.ones((2, 4), np.float32), np.ones((3, 4), np.float32), device="cuda")
+    with pytest.raises(ValueError, match="CUDA|cuda"):
+        tridecode._C.DeviceBuffer(16)
+
+
+def test_random_model_on_cpu():
+    import json
+    from golden import GOLDEN_DIR
+
+    cfg = json.load(open(f"{GOLDEN_DIR}/config.json"))
+    m = tridecode.random_model(cfg, device="cpu", dtype="bfloat16", max_context=64, seed=3)
+    a = m.generate([1, 2, 3], max_new_tokens=6).tokens
+    assert len(a) == 6
+    assert m.generate([1, 2, 3], max_new_tokens=6).tokens == a
+    logits = m.forward([1, 2, 3], write_cache=False)
+    assert np.isfinite(logits).all() and logits.std() > 0.1

@@ -412,6 +412,99 @@ PYBIND11_MODULE(_C, m) {
              "[accept_length] draft and target must be 1-D of the same non-zero length");
     return cpu_backend().accept_length(draft.data(), target.data(), static_cast<int>(draft.shape(0)));
   });
+  // ---- CUDA ops on raw device pointers (arrays from cupy / __cuda_array_interface__ / DLPack, or
+  //      DeviceBuffer staging). Shapes are validated by tridecode.ops; pointers are trusted here. ----
+  py::module_ cu = m.def_submodule("cuda_raw", "CUDA backend ops on raw device pointers");
+  auto fptr = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
+  auto wview = [](uintptr_t p, int code, int64_t rows, int64_t cols) {
+    WeightView w;
+    w.data = reinterpret_cast<const void*>(p);
+    w.dtype = dtype_from_code(code);
+    w.rows = rows;
+    w.cols = cols;
+    return w;
+  };
+  cu.def("rms_norm", [=](uintptr_t x, uintptr_t w, int code, uintptr_t out, int n, int dim, float eps) {
+    td::cuda::backend().rms_norm(fptr(x), wview(w, code, 1, dim), n, dim, eps, fptr(out));
+  });
+  cu.def("matmul", [=](uintptr_t x, int m, uintptr_t w, int code, int64_t n, int64_t k, uintptr_t out) {
+    td::cuda::backend().matmul(fptr(x), m, wview(w, code, n, k), fptr(out));
+  });
+  cu.def("rope", [=](uintptr_t x, int n, int heads, int head_dim, uintptr_t positions, const py::dict& rope_cfg,
+                     bool is_query) {
+    td::cuda::backend().rope(fptr(x), n, heads, head_dim, reinterpret_cast<const int64_t*>(positions),
+                             rope_from(rope_cfg), is_query);
+  });
+  cu.def("attention", [=](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int n_q, int kv_len, int heads,
+                          int kv_heads, int head_dim, bool causal, float scale) {
+    AttentionParams p;
+    p.q = fptr(q); p.k = fptr(k); p.v = fptr(v); p.out = fptr(out);
+    p.n_q = n_q; p.kv_len = kv_len; p.heads = heads; p.kv_heads = kv_heads; p.head_dim = head_dim;
+    p.kv_token_stride = static_cast<int64_t>(kv_heads) * head_dim; p.kv_head_stride = head_dim;
+    p.scale = scale; p.causal = causal;
+    td::cuda::backend().attention(p);
+  });
+  cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n) {
+    td::cuda::backend().swiglu(fptr(g), fptr(u), n, fptr(out));
+  });
+  cu.def("select", [=](uintptr_t logits, int n, int vocab, int exclude_id, float temperature, uint64_t seed,
+                       uint64_t stream, uintptr_t idx, uintptr_t conf) {
+    td::cuda::backend().select(fptr(logits), n, vocab, SelectParams{exclude_id, temperature, seed, stream},
+                               reinterpret_cast<int32_t*>(idx), fptr(conf));
+  });
+  cu.def("head_select", [=](uintptr_t x, int n, uintptr_t w, int code, int64_t vocab, int64_t hidden, int exclude_id,
+                            float temperature, uint64_t seed, uint64_t stream, uintptr_t idx, uintptr_t conf) {
+    td::cuda::backend().head_select(fptr(x), n, wview(w, code, vocab, hidden),
+                                    SelectParams{exclude_id, temperature, seed, stream},
+                                    reinterpret_cast<int32_t*>(idx), fptr(conf));
+  });
+  cu.def("select_commits", [=](uintptr_t conf, uintptr_t masked, int L, float threshold, int k, uintptr_t commit) {
+    return td::cuda::backend().select_commits(fptr(conf), reinterpret_cast<const uint8_t*>(masked), L, threshold,
+                                              k, reinterpret_cast<uint8_t*>(commit));
+  });
+  cu.def("accept_length", [=](uintptr_t draft, uintptr_t target, int L) {
+    return td::cuda::backend().accept_length(reinterpret_cast<const int32_t*>(draft),
+                                             reinterpret_cast<const int32_t*>(target), L);
+  });
+  cu.def("kv_write", [=](uintptr_t cache, uintptr_t chunk, int n, int kv_heads, int head_dim, int64_t row0,
+                         int64_t head_stride) {
+    td::cuda::backend().kv_write(fptr(cache), fptr(chunk), n, kv_heads, head_dim, row0, head_stride);
+  });
+  cu.def("embed", [=](uintptr_t table, int code, int64_t rows, int64_t cols, uintptr_t ids, int n, uintptr_t out) {
+    td::cuda::backend().embed(wview(table, code, rows, cols), reinterpret_cast<const int32_t*>(ids), n, fptr(out));
+  });
+  cu.def("synchronize", &td::cuda::synchronize);
+  cu.def("memory_info", [] {
+    auto [free_b, total_b] = td::cuda::memory_info();
+    return py::make_tuple(free_b, total_b);
+  });
+
+  // A device allocation with host copies in and out: staging for numpy inputs and guard-byte checks.
+  py::class_<Buffer>(m, "DeviceBuffer")
+      .def(py::init([](size_t bytes) {
+             auto b = std::make_unique<Buffer>(td::cuda::backend());
+             b->reserve(bytes);
+             return b;
+           }),
+           py::arg("nbytes"))
+      .def_property_readonly("ptr", [](const Buffer& b) { return reinterpret_cast<uintptr_t>(b.get()); })
+      .def_property_readonly("nbytes", &Buffer::capacity)
+      .def("upload", [](Buffer& b, py::array a, size_t offset) {
+             TD_CHECK(a.flags() & py::array::c_style, "[DeviceBuffer] the array must be C-contiguous");
+             TD_CHECK(offset + a.nbytes() <= b.capacity(), "[DeviceBuffer] upload of ", a.nbytes(), " bytes at ",
+                      offset, " exceeds the buffer (", b.capacity(), " bytes)");
+             td::cuda::backend().upload(static_cast<char*>(b.get()) + offset, a.data(), a.nbytes());
+           },
+           py::arg("array"), py::arg("offset") = 0)
+      .def("download", [](Buffer& b, py::array a, size_t offset) {
+             TD_CHECK(a.flags() & py::array::c_style, "[DeviceBuffer] the array must be C-contiguous");
+             TD_CHECK(a.writeable(), "[DeviceBuffer] the array must be writeable");
+             TD_CHECK(offset + a.nbytes() <= b.capacity(), "[DeviceBuffer] download of ", a.nbytes(),
+                      " bytes at ", offset, " exceeds the buffer (", b.capacity(), " bytes)");
+             td::cuda::backend().download(a.mutable_data(), static_cast<const char*>(b.get()) + offset, a.nbytes());
+           },
+           py::arg("array"), py::arg("offset") = 0);
+
   m.def("cuda_rms_norm", [](F32Array x, py::array w, int wcode, float eps) {
     check_rows(x, x.ndim() == 2 ? x.shape(1) : -1, "rms_norm", "x");
     WeightView wv = weight_view(w, wcode, "w");

@@ -32,6 +32,18 @@ void require_device() {
   TD_CHECK(device_count() > 0, "[cuda] no CUDA device is available (no driver or no GPU)");
 }
 
+void synchronize() {
+  require_device();
+  TD_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+std::pair<size_t, size_t> memory_info() {
+  require_device();
+  size_t free_b = 0, total_b = 0;
+  TD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return {free_b, total_b};
+}
+
 Backend& backend() {
   require_device();
   static CudaBackend instance;

@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import _C, ops
 from .config import ModelConfig, load_config, parse_config
 from .errors import CheckpointError, NativeError
-from .loader import load
+from .loader import load, random_model
 from .model import Model
 from .result import GenerateResult
 from .sampling import SamplingParams
@@ -36,6 +36,6 @@ def num_threads() -> int:
     return int(_C.num_threads())
 
 
-__all__ = ["load", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
+__all__ = ["load", "random_model", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
            "cuda_available", "cuda_compiled", "set_num_threads", "num_threads", "load_config", "parse_config",
            "ops", "__version__"]

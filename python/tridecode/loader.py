@@ -137,11 +137,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     directory = os.fspath(path)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
-    if device != "cpu":
-        if device == "cuda":
-            raise ValueError("load: device='cuda' is not supported yet: whole-model CUDA execution is not "
-                             "implemented; use device='cpu'")
-        raise ValueError(f"load: unknown device {device!r} (use 'cpu')")
+    _check_device(device)
     cfg = load_config(directory)
     if max_context is None:
         max_context = min(cfg.max_position_embeddings, 4096)
@@ -153,7 +149,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     max_context = int(max_context)
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
     try:
-        native = _C.Model(native_config(cfg), weights, max_context)
+        native = _C.Model(native_config(cfg), weights, max_context, device)
     except MemoryError:
         kv_bytes = 2 * 4 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * max_context
         raise MemoryError(f"load: cannot allocate the KV cache for max_context={max_context} "
@@ -163,10 +159,37 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     if os.path.exists(tok_path):
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_file(tok_path)
-    model = Model(native, cfg, weights, directory=directory, tokenizer=tokenizer, tied=tied)
+    # A device model holds its own copy of the weights: the memory maps need not stay open.
+    model = Model(native, cfg, weights if device == "cpu" else {}, directory=directory, tokenizer=tokenizer,
+                  tied=tied, device=device)
     if isinstance(lora, str) and lora == "auto":
         from .lora import find_default
         lora = find_default(directory)
     if lora is not None:
         model.attach_lora(lora)
     return model
+
+
+def _check_device(device) -> None:
+    if device == "cpu":
+        return
+    if device != "cuda":
+        raise ValueError(f"load: unknown device {device!r} (use 'cpu' or 'cuda')")
+    if not _C.cuda_compiled():
+        raise ValueError("load: device='cuda' but this build has no CUDA backend (reinstall with TRIDECODE_CUDA=ON)")
+    if _C.cuda_device_count() == 0:
+        raise ValueError("load: device='cuda' but no CUDA device is usable (no GPU or no driver)")
+
+
+def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max_context: int = 4096,
+                 seed: int = 0):
+    """A model of the given config.json contents with random weights made directly in the backend's memory
+    (no checkpoint, no host copy): for benchmarks. Weights ~ N(0, 1/fan_in), norms 1."""
+    from .config import parse_config
+    from .model import Model
+
+    _check_device(device)
+    cfg = parse_config(config)
+    code = {"F32": 0, "F16": 1, "BF16": 2}[_DTYPE_ALIASES.get(str(dtype).lower(), "BF16")]
+    native = _C.Model.random(native_config(cfg), code, int(max_context), device, int(seed))
+    return Model(native, cfg, {}, directory="<random>", device=device)

@@ -20,14 +20,14 @@ class Model:
     """A loaded checkpoint with its own KV cache. Create it with `tridecode.load`."""
 
     def __init__(self, native, config: ModelConfig, weights: dict, *, directory: str, tokenizer=None,
-                 tied: bool = False):
+                 tied: bool = False, device: str = "cpu"):
         self._native = native
         self._weights = weights          # keeps the memory maps alive for the native views
         self.config = config
         self.directory = directory
         self.tokenizer = tokenizer
         self.tied_embeddings = tied
-        self.device = "cpu"
+        self.device = device
         self.lora = None               # the attached LoraAdapter, if any
 
     # ---- LoRA drafter ----
@@ -71,7 +71,13 @@ class Model:
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of the weights as loaded (host memory maps on the CPU)."""
         return sum(a.nbytes for a, _ in self._weights.values())
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """Bytes of backend memory this model holds: on CUDA the uploaded weights, KV cache and scratch."""
+        return int(self._native.backend_bytes)
 
     # ---- forward ----
     def _ids(self, token_ids, what: str = "token_ids", allow_mask: bool = True) -> np.ndarray:
@@ -96,7 +102,7 @@ class Model:
         return arr.astype(np.int32)
 
     def forward(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
-                start_pos: int | None = None, logits: str = "all", use_lora: bool = False) -> np.ndarray:
+                start_pos: int | None = None, logits: str = "all", use_lora: bool = False, out: str = "host"):
         """Runs a chunk of tokens over the cached context and returns logits as float32 numpy.
 
         mode: "causal" (token i sees the cache and chunk tokens 0..i) or "bidirectional" (every chunk token
@@ -105,11 +111,22 @@ class Model:
         start_pos: absolute position of the first token (default: the cache length).
         logits: "all" -> [n, vocab]; "last" -> [1, vocab] (cheaper: the LM head runs on one row).
         use_lora: apply the attached LoRA adapter on o_proj (as self-speculation drafts do).
+        out: "host" returns numpy; "device" (CUDA models) returns a cupy array that never left the GPU.
         Causal logits at i predict token i+1; bidirectional logits at i predict token i.
         """
         ids, start, causal, write_cache = self._check_forward(token_ids, mode, write_cache, start_pos, logits,
                                                               use_lora)
-        return self._native.forward(ids, start, causal, write_cache, -1 if logits == "last" else 0, bool(use_lora))
+        last = -1 if logits == "last" else 0
+        if out == "host":
+            return self._native.forward(ids, start, causal, write_cache, last, bool(use_lora))
+        if out != "device":
+            raise ValueError(f"forward: out must be 'host' or 'device', got {out!r}")
+        if self.device != "cuda":
+            raise ValueError("forward: out='device' needs a model loaded with device='cuda'")
+        from ._device import cupy
+        result = cupy().empty((1 if last else ids.size, self.config.vocab_size), dtype=np.float32)
+        self._native.forward_into(ids, start, causal, write_cache, last, bool(use_lora), int(result.data.ptr))
+        return result
 
     def forward_select(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
                        start_pos: int | None = None, logits: str = "all", use_lora: bool = False,

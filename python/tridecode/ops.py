@@ -1,8 +1,11 @@
-"""The native kernels, callable one at a time on numpy arrays (for tests, experiments and microbenchmarks).
+"""The native kernels, callable one at a time (for tests, experiments and microbenchmarks).
 
-Activations are float32. Weights may be float32, float16, bfloat16 (an `ml_dtypes.bfloat16` array, or a
-uint16 array of raw bf16 bits with weight_dtype="bfloat16"). device="cuda" is available for rms_norm only
-so far; it stages the arrays through GPU memory.
+CPU: numpy arrays in, numpy arrays out. CUDA: pass device="cuda", or pass device arrays (cupy, or anything
+with __cuda_array_interface__ / a CUDA DLPack capsule) and the op runs on the GPU in place, returning cupy
+arrays; numpy inputs with device="cuda" are staged through device memory and come back as numpy.
+
+Activations are float32. Weights may be float32, float16 or bfloat16 (an `ml_dtypes.bfloat16` array, or a
+uint16 array of raw bf16 bits with weight_dtype="bfloat16").
 """
 
 from __future__ import annotations
@@ -12,113 +15,187 @@ import math
 import numpy as np
 
 from . import _C
+from ._device import Arg, Call, describe
 
 _CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
-def _weight(w, weight_dtype: str | None, op: str):
-    w = np.ascontiguousarray(w)
-    name = weight_dtype or ("bfloat16" if w.dtype.name == "bfloat16" else w.dtype.name)
+def _device(device, *args: Arg) -> str:
+    on_gpu = any(a.host is None for a in args)
+    if device is None:
+        return "cuda" if on_gpu else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (use 'cpu' or 'cuda')")
+    if device == "cpu" and on_gpu:
+        raise ValueError("device='cpu' was asked for, but an input is a device array")
+    return device
+
+
+def _weight(w, weight_dtype: str | None, op: str) -> tuple[Arg, int]:
+    a = describe(w)
+    name = weight_dtype or ("bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name)
     if name not in _CODES:
         raise ValueError(f"[{op}] unsupported weight dtype {name} (float32, float16 or bfloat16)")
     code = _CODES[name]
-    itemsize = 4 if code == 0 else 2
-    if w.dtype.itemsize != itemsize:
-        raise ValueError(f"[{op}] weight array of dtype {w.dtype} cannot hold {name} values")
-    if code == 2:
-        w = w.view(np.uint16)
-    return w, code
+    if a.dtype.itemsize != (4 if code == 0 else 2):
+        raise ValueError(f"[{op}] weight array of dtype {a.dtype} cannot hold {name} values")
+    if a.host is not None:
+        host = np.ascontiguousarray(a.host)
+        a.host = host.view(np.uint16) if code == 2 else host
+        a.dtype = a.host.dtype
+    return a, code
 
 
-def _f32(x, op: str, name: str, ndim: int | tuple) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise ValueError(f"[{op}] {name} must be a floating-point array, got {x.dtype}")
+def _act(x, op: str, name: str, ndim) -> Arg:
+    a = describe(x)
+    if a.dtype.kind != "f":
+        raise ValueError(f"[{op}] {name} must be a floating-point array, got {a.dtype}")
     ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if x.ndim not in ndims:
-        raise ValueError(f"[{op}] {name} must be {' or '.join(f'{d}-D' for d in ndims)}, got shape {list(x.shape)}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim not in ndims:
+        raise ValueError(f"[{op}] {name} must be {' or '.join(f'{d}-D' for d in ndims)}, got shape {list(a.shape)}")
+    if a.host is not None:
+        a.host = np.ascontiguousarray(a.host, dtype=np.float32)
+        a.dtype = a.host.dtype
+    elif a.dtype != np.float32:
+        raise ValueError(f"[{op}] device array {name} must be float32, got {a.dtype}")
+    return a
 
 
-def rms_norm(x, weight, eps: float = 1e-5, weight_dtype: str | None = None, device: str = "cpu") -> np.ndarray:
+def rms_norm(x, weight, eps: float = 1e-5, weight_dtype: str | None = None, device: str | None = None):
     """x [n, dim] or [dim] -> x * rsqrt(mean(x^2) + eps) * weight."""
-    x = _f32(x, "rms_norm", "x", (1, 2))
-    squeeze = x.ndim == 1
-    x2 = x.reshape(1, -1) if squeeze else x
-    w, code = _weight(weight, weight_dtype, "rms_norm")
-    if w.shape != (x2.shape[1],):
-        raise ValueError(f"[rms_norm] weight has shape {list(w.shape)}, expected [{x2.shape[1]}]")
+    xa = _act(x, "rms_norm", "x", (1, 2))
+    wa, code = _weight(weight, weight_dtype, "rms_norm")
+    dim = xa.shape[-1]
+    n = 1 if xa.ndim == 1 else xa.shape[0]
+    if wa.shape != (dim,):
+        raise ValueError(f"[rms_norm] weight has shape {list(wa.shape)}, expected [{dim}]")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"[rms_norm] eps must be positive, got {eps!r}")
-    if device == "cpu":
-        out = _C.rms_norm(x2, w, code, float(eps))
-    elif device == "cuda":
-        out = _C.cuda_rms_norm(x2, w, code, float(eps))
-    else:
-        raise ValueError(f"[rms_norm] unknown device {device!r}")
-    return out.reshape(x.shape)
+    if _device(device, xa, wa) == "cpu":
+        return _C.rms_norm(xa.host.reshape(n, dim), wa.host, code, float(eps)).reshape(xa.shape)
+    call = Call(xa, wa)
+    xp, wp = call.place(xa, np.float32), call.place(wa)
+    out = call.out(xa.shape, np.float32)
+    _C.cuda_raw.rms_norm(xp, wp, code, out, n, dim, float(eps))
+    return call.results()
 
 
-def matmul(x, weight, weight_dtype: str | None = None) -> np.ndarray:
+def matmul(x, weight, weight_dtype: str | None = None, device: str | None = None):
     """x [m, k] @ weight[n, k]^T -> [m, n], fp32 accumulation."""
-    x = _f32(x, "matmul", "x", (1, 2))
-    squeeze = x.ndim == 1
-    x2 = x.reshape(1, -1) if squeeze else x
-    w, code = _weight(weight, weight_dtype, "matmul")
-    if w.ndim != 2 or w.shape[1] != x2.shape[1]:
-        raise ValueError(f"[matmul] weight has shape {list(w.shape)}, expected [n, {x2.shape[1]}]")
-    out = _C.matmul(x2, w, code)
-    return out[0] if squeeze else out
+    xa = _act(x, "matmul", "x", (1, 2))
+    wa, code = _weight(weight, weight_dtype, "matmul")
+    k = xa.shape[-1]
+    m = 1 if xa.ndim == 1 else xa.shape[0]
+    if wa.ndim != 2 or wa.shape[1] != k:
+        raise ValueError(f"[matmul] weight has shape {list(wa.shape)}, expected [n, {k}]")
+    n = wa.shape[0]
+    out_shape = (n,) if xa.ndim == 1 else (m, n)
+    if _device(device, xa, wa) == "cpu":
+        return _C.matmul(xa.host.reshape(m, k), wa.host, code).reshape(out_shape)
+    call = Call(xa, wa)
+    xp, wp = call.place(xa, np.float32), call.place(wa)
+    out = call.out(out_shape, np.float32)
+    _C.cuda_raw.matmul(xp, m, wp, code, n, k, out)
+    return call.results()
 
 
 def rope(x, positions, inv_freq, attention_factor: float = 1.0, qscale_beta: float = 0.0,
-         qscale_length: int = 16384, is_query: bool = True) -> np.ndarray:
+         qscale_length: int = 16384, is_query: bool = True, device: str | None = None):
     """Rotate-half RoPE on x [n, heads, head_dim] at absolute positions [n]; queries (is_query) are also
     scaled by 1 + qscale_beta * ln(1 + floor(pos / qscale_length))."""
-    x = _f32(x, "rope", "x", 3)
+    xa = _act(x, "rope", "x", 3)
     pos = np.asarray(positions)
-    if pos.dtype.kind not in "iu" or pos.shape != (x.shape[0],):
-        raise ValueError(f"[rope] positions must be integers of shape [{x.shape[0]}], got {pos.dtype} "
+    if pos.dtype.kind not in "iu" or pos.shape != (xa.shape[0],):
+        raise ValueError(f"[rope] positions must be integers of shape [{xa.shape[0]}], got {pos.dtype} "
                          f"{list(pos.shape)}")
     if (pos < 0).any():
         raise ValueError("[rope] positions must be >= 0")
     inv = np.asarray(inv_freq, dtype=np.float32)
-    if inv.shape != (x.shape[2] // 2,) or x.shape[2] % 2:
-        raise ValueError(f"[rope] inv_freq must have head_dim/2 = {x.shape[2] // 2} entries, got {inv.shape}")
+    if inv.shape != (xa.shape[2] // 2,) or xa.shape[2] % 2:
+        raise ValueError(f"[rope] inv_freq must have head_dim/2 = {xa.shape[2] // 2} entries, got {inv.shape}")
     params = {"inv_freq": [float(v) for v in inv], "attention_factor": float(attention_factor),
               "qscale_beta": float(qscale_beta), "qscale_length": int(qscale_length)}
     if params["qscale_length"] < 1:
         raise ValueError("[rope] qscale_length must be >= 1")
-    return _C.rope(x, pos.astype(np.int64), params, bool(is_query))
+    n, heads, d = xa.shape
+    if _device(device, xa) == "cpu":
+        return _C.rope(xa.host, pos.astype(np.int64), params, bool(is_query))
+    call = Call(xa)
+    pp = call.place(Arg(pos.shape, np.dtype(np.int64), host=pos.astype(np.int64)))
+    out = call.out_copy(xa)          # the kernel rotates in place
+    _C.cuda_raw.rope(out, n, heads, d, pp, params, bool(is_query))
+    return call.results()
 
 
-def attention(q, k, v, causal: bool = True, scale: float | None = None) -> np.ndarray:
+def attention(q, k, v, causal: bool = True, scale: float | None = None, device: str | None = None):
     """q [n, heads, d] over k, v [T, kv_heads, d] with T >= n; the queries are the last n of the T
     positions. causal: query i sees keys 0..T-n+i (bottom-right); else every key. GQA by head grouping."""
-    q = _f32(q, "attention", "q", 3)
-    k = _f32(k, "attention", "k", 3)
-    v = _f32(v, "attention", "v", 3)
+    qa, ka, va = (_act(a, "attention", name, 3) for a, name in ((q, "q"), (k, "k"), (v, "v")))
+    if ka.shape != va.shape:
+        raise ValueError(f"[attention] k and v shapes differ: {list(ka.shape)} vs {list(va.shape)}")
+    n, heads, d = qa.shape
+    T, kv_heads, dk = ka.shape
+    if dk != d:
+        raise ValueError(f"[attention] q head_dim {d} != k head_dim {dk}")
+    if not 0 < n <= T:
+        raise ValueError(f"[attention] need 0 < n_q <= kv_len, got n_q {n}, kv_len {T}")
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"[attention] query heads {heads} not a multiple of kv heads {kv_heads}")
     if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[2])
-    return _C.attention(q, k, v, bool(causal), float(scale))
+        scale = 1.0 / math.sqrt(d)
+    if _device(device, qa, ka, va) == "cpu":
+        return _C.attention(qa.host, ka.host, va.host, bool(causal), float(scale))
+    call = Call(qa, ka, va)
+    qp, kp, vp = (call.place(a, np.float32) for a in (qa, ka, va))
+    out = call.out(qa.shape, np.float32)
+    _C.cuda_raw.attention(qp, kp, vp, out, n, T, heads, kv_heads, d, bool(causal), float(scale))
+    return call.results()
 
 
-def swiglu(gate, up) -> np.ndarray:
+def swiglu(gate, up, device: str | None = None):
     """silu(gate) * up, elementwise."""
-    gate = _f32(gate, "swiglu", "gate", (1, 2, 3))
-    up = _f32(up, "swiglu", "up", (1, 2, 3))
-    if gate.shape != up.shape:
-        raise ValueError(f"[swiglu] gate shape {list(gate.shape)} != up shape {list(up.shape)}")
-    return _C.swiglu(gate, up)
+    ga = _act(gate, "swiglu", "gate", (1, 2, 3))
+    ua = _act(up, "swiglu", "up", (1, 2, 3))
+    if ga.shape != ua.shape:
+        raise ValueError(f"[swiglu] gate shape {list(ga.shape)} != up shape {list(ua.shape)}")
+    if _device(device, ga, ua) == "cpu":
+        return _C.swiglu(ga.host, ua.host)
+    call = Call(ga, ua)
+    gp, up_ = call.place(ga, np.float32), call.place(ua, np.float32)
+    out = call.out(ga.shape, np.float32)
+    _C.cuda_raw.swiglu(gp, up_, out, int(np.prod(ga.shape)))
+    return call.results()
 
 
-def argmax_confidence(logits, exclude_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def select(logits, exclude_id: int | None = None, temperature: float = 0.0, seed: int = 0, stream: int = 0,
+           device: str | None = None):
+    """Per row of logits [n, vocab]: the chosen id (argmax, first index on ties; Gumbel-max at temperature
+    > 0 with noise from (seed, stream, row, id)) and its softmax probability over the unscaled row. The
+    exclude_id is never chosen."""
+    la = _act(logits, "select", "logits", (1, 2))
+    vocab = la.shape[-1]
+    n = 1 if la.ndim == 1 else la.shape[0]
+    if exclude_id is not None and not 0 <= exclude_id < vocab:
+        raise ValueError(f"[select] exclude_id {exclude_id} outside [0, {vocab})")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"[select] temperature must be >= 0, got {temperature!r}")
+    ex = -1 if exclude_id is None else int(exclude_id)
+    seed = int(seed) & (2**64 - 1)
+    if _device(device, la) == "cpu":
+        idx, conf = _C.select(la.host.reshape(n, vocab), ex, float(temperature), seed, int(stream))
+    else:
+        call = Call(la)
+        lp = call.place(la, np.float32)
+        ip, cp = call.out((n,), np.int32), call.out((n,), np.float32)
+        _C.cuda_raw.select(lp, n, vocab, ex, float(temperature), seed, int(stream), ip, cp)
+        idx, conf = call.results()
+    return (idx[0], conf[0]) if la.ndim == 1 else (idx, conf)
+
+
+def argmax_confidence(logits, exclude_id: int | None = None, device: str | None = None):
     """Per row of logits [n, vocab]: the first index of the maximum (never exclude_id) and its softmax
-    probability over the full row."""
-    logits = _f32(logits, "argmax_confidence", "logits", (1, 2))
-    squeeze = logits.ndim == 1
-    l2 = logits.reshape(1, -1) if squeeze else logits
-    if exclude_id is not None and not 0 <= exclude_id < l2.shape[1]:
-        raise ValueError(f"[argmax_confidence] exclude_id {exclude_id} outside [0, {l2.shape[1]})")
-    idx, conf = _C.select(l2, -1 if exclude_id is None else int(exclude_id), 0.0, 0, 0)
-    return (idx[0], conf[0]) if squeeze else (idx, conf)
+    probability over the full row (select at temperature 0)."""
+    la = describe(logits)
+    if exclude_id is not None and la.ndim in (1, 2) and not 0 <= exclude_id < la.shape[-1]:
+        raise ValueError(f"[argmax_confidence] exclude_id {exclude_id} outside [0, {la.shape[-1]})")
+    return select(logits, exclude_id, 0.0, device=device)
