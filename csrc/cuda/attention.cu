@@ -1,8 +1,9 @@
-// Block-causal attention over the KV cache, split along the keys (flash-decoding): every (query, head)
-// pair is cut into chunks of kChunk keys so that even a single decoding query keeps every SM busy on long
-// contexts. Pass 1: one block per (query, head, chunk) computes an online-softmax partial (max, sum,
+// Block-causal attention over the KV cache, split along the keys (flash-decoding): when there are few
+// (query, head) pairs, each is cut into key chunks (of at least kMinChunk keys) so that even a single
+// decoding query keeps every SM busy on long contexts; long prefills, with many pairs, are not split. Pass 1: one block per (query, head, chunk) computes an online-softmax partial (max, sum,
 // weighted V). Pass 2: one block per (query, head) merges the chunks. Same mask as AttentionParams:
 // causal query i sees keys 0..kv_len - n_q + i.
+#include <algorithm>
 #include <cfloat>
 
 #include "cuda/common.cuh"
@@ -13,7 +14,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kChunk = 256;            // keys per split
+constexpr int kMinChunk = 256;         // fewest keys per split
 constexpr int kMaxDim = 256;
 constexpr int kPer = kMaxDim / 32;     // head-dim elements per lane
 
@@ -23,7 +24,7 @@ __device__ __forceinline__ int visible_keys(const AttentionParams& p, int qi) {
 }
 
 // grid (n_q * heads, splits). Writes partials [n_q * heads, splits, 2 + head_dim].
-__global__ void __launch_bounds__(kThreads) attention_split_kernel(AttentionParams p, int splits,
+__global__ void __launch_bounds__(kThreads) attention_split_kernel(AttentionParams p, int splits, int chunk,
                                                                    float* __restrict__ partial) {
   const int qh = blockIdx.x, split = blockIdx.y;
   const int qi = qh / p.heads, h = qh % p.heads;
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttentionPara
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int d = p.head_dim;
   const int visible = visible_keys(p, qi);
-  const int k0 = split * kChunk, k1 = min(visible, k0 + kChunk);
+  const int k0 = split * chunk, k1 = min(visible, k0 + chunk);
 
   float q[kPer], acc[kPer];
   const float* qrow = p.q + (static_cast<int64_t>(qi) * p.heads + h) * d;
@@ -125,11 +126,14 @@ void CudaBackend::attention(const AttentionParams& p) {
            ") must be a multiple of kv_heads (", p.kv_heads, ")");
   TD_CHECK(p.head_dim > 0 && p.head_dim <= kMaxDim, "[attention] head_dim ", p.head_dim,
            " is not supported on CUDA (at most ", kMaxDim, ")");
-  const int splits = static_cast<int>((p.kv_len + kChunk - 1) / kChunk);
   const int64_t pairs = static_cast<int64_t>(p.n_q) * p.heads;
-  TD_CHECK(pairs <= 2147483647 && splits <= 65535, "[attention] problem too large");
+  TD_CHECK(pairs <= 2147483647, "[attention] problem too large");
+  const int64_t want = (4 * static_cast<int64_t>(sm_count_) + pairs - 1) / pairs;   // ~4 blocks per SM
+  const int64_t most = (p.kv_len + kMinChunk - 1) / kMinChunk;
+  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 65535})));
+  const int chunk = (p.kv_len + splits - 1) / splits;
   float* partial = scratch_partial_.as<float>(static_cast<size_t>(pairs) * splits * (2 + p.head_dim));
-  attention_split_kernel<<<dim3(static_cast<unsigned>(pairs), splits), kThreads>>>(p, splits, partial);
+  attention_split_kernel<<<dim3(static_cast<unsigned>(pairs), splits), kThreads>>>(p, splits, chunk, partial);
   TD_CUDA_LAUNCH_CHECK("attention");
   attention_merge_kernel<<<static_cast<unsigned>(pairs), 128>>>(p, splits, partial);
   TD_CUDA_LAUNCH_CHECK("attention");

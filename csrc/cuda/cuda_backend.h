@@ -38,6 +38,7 @@ class CudaBackend final : public Backend {
   int accept_length(const int32_t* draft, const int32_t* target, int L) override;
 
  private:
+  int sm_count_ = 1;
   Buffer scratch_logits_;   // head_select: [n, vocab] logits kept on the device
   Buffer scratch_partial_;  // attention split-KV partials and select per-split statistics
   Buffer scratch_small_;    // single-int results of the decode-loop ops
