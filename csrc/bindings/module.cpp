@@ -473,6 +473,17 @@ PYBIND11_MODULE(_C, m) {
   cu.def("embed", [=](uintptr_t table, int code, int64_t rows, int64_t cols, uintptr_t ids, int n, uintptr_t out) {
     td::cuda::backend().embed(wview(table, code, rows, cols), reinterpret_cast<const int32_t*>(ids), n, fptr(out));
   });
+  cu.def("add_rms_norm", [=](uintptr_t x, uintptr_t y, uintptr_t w, int code, uintptr_t out, int n, int dim,
+                             float eps) {
+    td::cuda::backend().add_rms_norm(fptr(x), fptr(y), wview(w, code, 1, dim), n, dim, eps, fptr(out));
+  });
+  cu.def("rope_kv_append", [=](uintptr_t q, uintptr_t k, uintptr_t v, int n, int heads, int kv_heads, int head_dim,
+                               uintptr_t positions, const py::dict& rope_cfg, uintptr_t cache_k, uintptr_t cache_v,
+                               int64_t row0, int64_t head_stride) {
+    td::cuda::backend().rope_kv_append(fptr(q), fptr(k), fptr(v), n, heads, kv_heads, head_dim,
+                                       reinterpret_cast<const int64_t*>(positions), rope_from(rope_cfg),
+                                       fptr(cache_k), fptr(cache_v), row0, head_stride);
+  });
   cu.def("synchronize", &td::cuda::synchronize);
   cu.def("memory_info", [] {
     auto [free_b, total_b] = td::cuda::memory_info();

@@ -40,6 +40,23 @@ class Backend {
   virtual void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
                     bool is_query) = 0;
   virtual void attention(const AttentionParams& p) = 0;
+
+  // ---- fused steps of the layer (the CPU composes the ops above; CUDA runs one kernel each) ----
+  // x += y, then out = rms_norm(x) * w.                                   x, y, out: [n, dim]
+  virtual void add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) {
+    add(x, y, static_cast<int64_t>(n) * dim);
+    rms_norm(x, w, n, dim, eps, out);
+  }
+  // RoPE on q [n, heads, head_dim] (with the query scale) and k [n, kv_heads, head_dim], then k and v
+  // appended to the cache rows row0..row0+n-1.
+  virtual void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
+                              const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v,
+                              int64_t row0, int64_t head_stride) {
+    rope(q, n, heads, head_dim, positions, rp, true);
+    rope(k, n, kv_heads, head_dim, positions, rp, false);
+    kv_write(cache_k, k, n, kv_heads, head_dim, row0, head_stride);
+    kv_write(cache_v, v, n, kv_heads, head_dim, row0, head_stride);
+  }
   // out[i] = silu(gate[i]) * up[i]
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
   // x[i] += y[i]

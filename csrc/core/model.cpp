@@ -166,18 +166,17 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
 
   const int cached = cache_.length();
   backend_.embed(w_.embed, dev_ids, n, x);
+  backend_.rms_norm(x, w_.layers[0].in_norm, n, H, c.rms_eps, norm);
   for (int li = 0; li < c.layers; ++li) {
     const LayerWeights& L = w_.layers[li];
-    backend_.rms_norm(x, L.in_norm, n, H, c.rms_eps, norm);
+    // norm = input_layernorm(x) here.
     backend_.matmul(norm, n, L.q, q);
     backend_.matmul(norm, n, L.k, k);
     backend_.matmul(norm, n, L.v, v);
-    backend_.rope(q, n, c.heads, c.head_dim, pos, c.rope, true);
-    backend_.rope(k, n, c.kv_heads, c.head_dim, pos, c.rope, false);
     float* kc = cache_.k(li);
     float* vc = cache_.v(li);
-    backend_.kv_write(kc, k, n, c.kv_heads, c.head_dim, cached, cache_.head_stride());
-    backend_.kv_write(vc, v, n, c.kv_heads, c.head_dim, cached, cache_.head_stride());
+    backend_.rope_kv_append(q, k, v, n, c.heads, c.kv_heads, c.head_dim, pos, c.rope, kc, vc, cached,
+                            cache_.head_stride());
 
     AttentionParams p;
     p.q = q; p.k = kc; p.v = vc; p.out = attn;
@@ -193,16 +192,17 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
       backend_.matmul(lora_t, n, L.lora_b, lora_u);
       backend_.axpy(proj, lora_u, w_.lora_scale, n * H);
     }
-    backend_.add(x, proj, n * H);
-    backend_.rms_norm(x, L.post_norm, n, H, c.rms_eps, norm);
+    backend_.add_rms_norm(x, proj, L.post_norm, n, H, c.rms_eps, norm);   // residual, then post-attn norm
     backend_.matmul(norm, n, L.gate, gate);
     backend_.matmul(norm, n, L.up, up);
     backend_.swiglu(gate, up, n * I, gate);
     backend_.matmul(gate, n, L.down, proj);
-    backend_.add(x, proj, n * H);
+    // Residual, then the next layer's input norm (or the final norm).
+    const WeightView& next = li + 1 < c.layers ? w_.layers[li + 1].in_norm : w_.final_norm;
+    backend_.add_rms_norm(x, proj, next, n, H, c.rms_eps, norm);
   }
   const int rows = n - logits_from;
-  backend_.rms_norm(x + logits_from * H, w_.final_norm, rows, H, c.rms_eps, norm);
+  norm += static_cast<int64_t>(logits_from) * H;
   if (out.logits != nullptr)
     backend_.matmul(norm, rows, w_.head, out.logits);
   else

@@ -27,6 +27,10 @@ class CudaBackend final : public Backend {
   void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
             bool is_query) override;
   void attention(const AttentionParams& p) override;
+  void add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) override;
+  void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
+                      const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v, int64_t row0,
+                      int64_t head_stride) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
   void axpy(float* x, const float* y, float a, int64_t n) override;

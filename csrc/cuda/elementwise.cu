@@ -40,6 +40,32 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const void* __restr
   for (int j = threadIdx.x; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
 }
 
+// x += y, then out = rms_norm(x) * w; one block per row.
+__global__ void add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const void* __restrict__ w,
+                                    DType wt, int dim, float eps, float* __restrict__ out) {
+  float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
+  const float* yr = y + static_cast<int64_t>(blockIdx.x) * dim;
+  float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < dim; j += kThreads) {
+    const float v = xr[j] + yr[j];
+    xr[j] = v;
+    ss += v * v;
+  }
+  __shared__ float part[kThreads / 32];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < kThreads / 32 ? part[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float r = rsqrtf(part[0] / dim + eps);
+  for (int j = threadIdx.x; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
+}
+
 struct RopeArgs {
   float inv_freq[kMaxHalfDim];
   float attention_factor;
@@ -49,6 +75,12 @@ struct RopeArgs {
   int heads;
   bool is_query;
 };
+
+__device__ __forceinline__ void rotate(float* v, int j, int half, float cs, float sn, float scale) {
+  const float p = v[j], q = v[j + half];
+  v[j] = (p * cs - q * sn) * scale;
+  v[j + half] = (q * cs + p * sn) * scale;
+}
 
 // grid (n, heads), block half_dim threads: rotate-half at the token's absolute position.
 __global__ void rope_kernel(float* __restrict__ x, const int64_t* __restrict__ positions, RopeArgs a) {
@@ -63,9 +95,37 @@ __global__ void rope_kernel(float* __restrict__ x, const int64_t* __restrict__ p
   if (a.is_query && a.qscale_beta != 0.0f)
     scale = 1.0f + a.qscale_beta * logf(1.0f + floorf(pos / static_cast<float>(a.qscale_length)));
   float* v = x + (static_cast<int64_t>(i) * a.heads + h) * (2 * a.half);
-  const float p = v[j], q = v[j + a.half];
-  v[j] = (p * cs - q * sn) * scale;
-  v[j + a.half] = (q * cs + p * sn) * scale;
+  rotate(v, j, a.half, cs, sn, scale);
+}
+
+// grid (n, heads + kv_heads), block half_dim threads: blocks y < heads rotate (and scale) a query head;
+// the others rotate a key head and append it, with the matching value head, to the cache.
+__global__ void rope_kv_append_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
+                                      const int64_t* __restrict__ positions, RopeArgs a, int kv_heads,
+                                      float* __restrict__ cache_k, float* __restrict__ cache_v, int64_t row0,
+                                      int64_t head_stride) {
+  const int i = blockIdx.x, hy = blockIdx.y, j = threadIdx.x, d = 2 * a.half;
+  const float pos = static_cast<float>(positions[i]);
+  float sn, cs;
+  sincosf(pos * a.inv_freq[j], &sn, &cs);
+  cs *= a.attention_factor;
+  sn *= a.attention_factor;
+  if (hy < a.heads) {
+    float scale = 1.0f;
+    if (a.qscale_beta != 0.0f)
+      scale = 1.0f + a.qscale_beta * logf(1.0f + floorf(pos / static_cast<float>(a.qscale_length)));
+    rotate(q + (static_cast<int64_t>(i) * a.heads + hy) * d, j, a.half, cs, sn, scale);
+    return;
+  }
+  const int g = hy - a.heads;
+  float* kr = k + (static_cast<int64_t>(i) * kv_heads + g) * d;
+  const float* vr = v + (static_cast<int64_t>(i) * kv_heads + g) * d;
+  rotate(kr, j, a.half, cs, sn, 1.0f);
+  const int64_t dst = g * head_stride + (row0 + i) * d;
+  cache_k[dst + j] = kr[j];
+  cache_k[dst + j + a.half] = kr[j + a.half];
+  cache_v[dst + j] = vr[j];
+  cache_v[dst + j + a.half] = vr[j + a.half];
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t n, float* out) {
@@ -112,8 +172,8 @@ void CudaBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, 
   TD_CUDA_LAUNCH_CHECK("rms_norm");
 }
 
-void CudaBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
-                       bool is_query) {
+namespace {
+RopeArgs rope_args(int heads, int head_dim, const RopeParams& rp, bool is_query) {
   const int half = head_dim / 2;
   TD_CHECK(half <= kMaxHalfDim && static_cast<int>(rp.inv_freq.size()) == half, "[rope] head_dim ", head_dim,
            " is not supported on CUDA (at most ", 2 * kMaxHalfDim, ") or does not match inv_freq");
@@ -125,8 +185,29 @@ void CudaBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* 
   a.half = half;
   a.heads = heads;
   a.is_query = is_query;
-  rope_kernel<<<dim3(n, heads), half>>>(x, positions, a);
+  return a;
+}
+}  // namespace
+
+void CudaBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
+                       bool is_query) {
+  const RopeArgs a = rope_args(heads, head_dim, rp, is_query);
+  rope_kernel<<<dim3(n, heads), a.half>>>(x, positions, a);
   TD_CUDA_LAUNCH_CHECK("rope");
+}
+
+void CudaBackend::rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
+                                 const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v,
+                                 int64_t row0, int64_t head_stride) {
+  const RopeArgs a = rope_args(heads, head_dim, rp, true);
+  rope_kv_append_kernel<<<dim3(n, heads + kv_heads), a.half>>>(q, k, v, positions, a, kv_heads, cache_k, cache_v,
+                                                               row0, head_stride);
+  TD_CUDA_LAUNCH_CHECK("rope_kv_append");
+}
+
+void CudaBackend::add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) {
+  add_rms_norm_kernel<<<n, kThreads>>>(x, y, w.data, w.dtype, dim, eps, out);
+  TD_CUDA_LAUNCH_CHECK("add_rms_norm");
 }
 
 void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {

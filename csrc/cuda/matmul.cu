@@ -3,13 +3,18 @@
 // One warp per output row n and up to kMT input rows: the lanes split k, each reading 8 consecutive
 // weights per step (one 16-byte load for bf16/f16, two for fp32) and widening them in registers, so W is
 // streamed once per kMT rows of x at full width. x ([m, k], small) is read through the read-only cache.
-// More than kMT rows loop over row tiles (grid.y), re-reading W once per tile.
+// More than kMT rows use several row tiles; the tiles that share W rows are adjacent in the launch order
+// (grid.x), so they run together and the re-reads of W hit L2 instead of HBM.
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
 
 namespace td::cuda {
+
+void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);   // matmul_tc.cu
+
 namespace {
 
+constexpr int kTensorCoreMinRows = 64;  // prefill-sized chunks go to the tensor cores (bf16 weights)
 constexpr int kMT = 8;            // input rows per warp
 constexpr int kWarps = 8;         // output rows per block
 constexpr int kThreads = 32 * kWarps;
@@ -43,8 +48,8 @@ __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __
                                                                  const void* __restrict__ w, int64_t n,
                                                                  float* __restrict__ out) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  const int m0 = blockIdx.y * kMT;
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * kWarps + warp;
+  const int m0 = blockIdx.x * kMT;
   if (row >= n) return;
   const int mt = min(kMT, m - m0);
   float acc[kMT];
@@ -83,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __
 
 template <DType WT>
 void launch(const float* x, int m, const WeightView& w, float* out) {
-  const dim3 grid(blocks_for(w.rows, kWarps), blocks_for(m, kMT));
+  const dim3 grid(blocks_for(m, kMT), blocks_for(w.rows, kWarps));
   const bool vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0;
   if (vec)
@@ -96,7 +101,11 @@ void launch(const float* x, int m, const WeightView& w, float* out) {
 
 void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out) {
   TD_CHECK(m > 0, "[matmul] no input rows");
-  TD_CHECK(m <= 65535 * kMT, "[matmul] too many rows: ", m);
+  TD_CHECK(w.rows <= 65535LL * kWarps, "[matmul] too many output features: ", w.rows);
+  if (w.dtype == DType::BF16 && m > kTensorCoreMinRows) {
+    tensor_core_matmul(x, m, w, out);
+    return;
+  }
   switch (w.dtype) {
     case DType::F32: launch<DType::F32>(x, m, w, out); break;
     case DType::BF16: launch<DType::BF16>(x, m, w, out); break;
