@@ -19,50 +19,36 @@ __global__ void embed_kernel(const void* __restrict__ table, DType t, int64_t co
     out[blockIdx.x * cols + j] = load_f32(table, t, row * cols + j);
 }
 
-// One block per row; sum of squares reduced in fp32 through warp shuffles and shared memory.
-__global__ void rms_norm_kernel(const float* __restrict__ x, const void* __restrict__ w, DType wt, int dim,
-                                float eps, float* __restrict__ out) {
-  const float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
-  float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
-  float ss = 0.0f;
-  for (int j = threadIdx.x; j < dim; j += kThreads) ss += xr[j] * xr[j];
+// Sum of v over the block (kThreads threads), returned to every thread.
+__device__ __forceinline__ float block_sum(float v) {
   __shared__ float part[kThreads / 32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
-    float v = threadIdx.x < kThreads / 32 ? part[threadIdx.x] : 0.0f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
+    float t = threadIdx.x < kThreads / 32 ? part[threadIdx.x] : 0.0f;
+    t = warp_sum(t);
+    if (threadIdx.x == 0) part[0] = t;
   }
   __syncthreads();
-  const float r = rsqrtf(part[0] / dim + eps);
-  for (int j = threadIdx.x; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
+  return part[0];
 }
 
-// x += y, then out = rms_norm(x) * w; one block per row.
-__global__ void add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const void* __restrict__ w,
-                                    DType wt, int dim, float eps, float* __restrict__ out) {
+// out = rms_norm(x) * w, one block per row; with y, x += y first (the residual add, fused).
+__global__ void rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const void* __restrict__ w,
+                                DType wt, int dim, float eps, float* __restrict__ out) {
   float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
-  const float* yr = y + static_cast<int64_t>(blockIdx.x) * dim;
   float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
   float ss = 0.0f;
   for (int j = threadIdx.x; j < dim; j += kThreads) {
-    const float v = xr[j] + yr[j];
-    xr[j] = v;
+    float v = xr[j];
+    if (y != nullptr) {
+      v += y[static_cast<int64_t>(blockIdx.x) * dim + j];
+      xr[j] = v;
+    }
     ss += v * v;
   }
-  __shared__ float part[kThreads / 32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < kThreads / 32 ? part[threadIdx.x] : 0.0f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float r = rsqrtf(part[0] / dim + eps);
+  const float r = rsqrtf(block_sum(ss) / dim + eps);
   for (int j = threadIdx.x; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
 }
 
@@ -168,7 +154,7 @@ void CudaBackend::embed(const WeightView& table, const int32_t* ids, int n, floa
 
 void CudaBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
   if (n == 0) return;
-  rms_norm_kernel<<<n, kThreads>>>(x, w.data, w.dtype, dim, eps, out);
+  rms_norm_kernel<<<n, kThreads>>>(const_cast<float*>(x), nullptr, w.data, w.dtype, dim, eps, out);
   TD_CUDA_LAUNCH_CHECK("rms_norm");
 }
 
@@ -206,7 +192,8 @@ void CudaBackend::rope_kv_append(float* q, float* k, const float* v, int n, int 
 }
 
 void CudaBackend::add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) {
-  add_rms_norm_kernel<<<n, kThreads>>>(x, y, w.data, w.dtype, dim, eps, out);
+  if (n == 0) return;
+  rms_norm_kernel<<<n, kThreads>>>(x, y, w.data, w.dtype, dim, eps, out);
   TD_CUDA_LAUNCH_CHECK("add_rms_norm");
 }
 
