@@ -26,19 +26,16 @@ import numpy as np
 
 
 def make_checkpoint(path, hidden, layers, heads, kv_heads, head_dim, inter, vocab, seed=0):
-    from safetensors.numpy import save_file
+    from tridecode.safetensors_io import to_bf16_bits
 
     rng = np.random.default_rng(seed)
 
     def bf16(shape, std):
-        a = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
-        bits = a.view(np.uint32)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        return to_bf16_bits(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
 
     t = {"model.embed_tokens.weight": bf16((vocab, hidden), 0.02),
-         "model.norm.weight": bf16((hidden,), 0.1) ,
+         "model.norm.weight": to_bf16_bits(np.ones(hidden, np.float32)),
          "lm_head.weight": bf16((vocab, hidden), hidden ** -0.5)}
-    t["model.norm.weight"] = (((np.ones(hidden, np.float32)).view(np.uint32)) >> 16).astype(np.uint16)
     for i in range(layers):
         p = f"model.layers.{i}."
         ones = t["model.norm.weight"]
@@ -65,7 +62,6 @@ def make_checkpoint(path, hidden, layers, heads, kv_heads, head_dim, inter, voca
         f.write(hb)
         for b in blobs:
             f.write(b)
-    del save_file
     config = {
         "architectures": ["Ministral3ForCausalLM"], "model_type": "ministral3", "hidden_size": hidden,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,

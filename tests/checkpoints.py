@@ -468,3 +468,14 @@ def successor_tensors(cfg: dict, seed: int = 0, *, head_gain: float = 1e3, mix: 
     out["diffusion_head.weight" if cfg["model_type"] == "nemotron_labs_diffusion" else "lm_head.weight"] = \
         head.astype(np.float32)
     return out, succ
+
+
+def write_byte_tokenizer(path) -> None:
+    """A tokenizer.json whose 256 ids are the 256 byte values (text round-trips through latin-1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {bytes([i]).decode("latin-1"): i for i in range(256)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=bytes([0]).decode("latin-1")))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.save(str(path))

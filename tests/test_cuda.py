@@ -58,9 +58,7 @@ def dev(a):
     return b
 
 
-def bf16(a):
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+from checkpoints import f32_to_bf16_bits as bf16  # noqa: E402
 
 
 WEIGHT_DTYPES = [("float32", 0), ("float16", 1), ("bfloat16", 2)]

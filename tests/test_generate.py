@@ -11,6 +11,7 @@ import pytest
 import tridecode
 from tridecode.sampling import SamplingParams, filtered_probs, sample
 
+from checkpoints import write_byte_tokenizer
 from golden import GOLDEN_DIR, PROMPTS, cases
 
 
@@ -138,17 +139,10 @@ def test_result_fields(model):
 
 @pytest.fixture(scope="module")
 def model_with_tokenizer(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-
     d = tmp_path_factory.mktemp("tok-model")
     for name in ("config.json", "model.safetensors"):
         os.symlink(os.path.join(GOLDEN_DIR, name), d / name)
-    # A byte-level vocabulary of 256 ids matching the model's vocab (ids 0..255 = bytes).
-    vocab = {bytes([i]).decode("latin-1"): i for i in range(256)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=bytes([0]).decode("latin-1")))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.save(str(d / "tokenizer.json"))
+    write_byte_tokenizer(d / "tokenizer.json")   # ids 0..255 = bytes, matching the model's vocab
     return d
 
 

@@ -26,13 +26,8 @@ TOL = {
 rng = np.random.default_rng(1234)
 
 
-def bf16_bits(a):
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_values(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+from checkpoints import bf16_bits_to_f32 as bf16_values
+from checkpoints import f32_to_bf16_bits as bf16_bits
 
 
 def norm_err(out, want):

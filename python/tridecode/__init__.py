@@ -14,6 +14,17 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 
+def default_model_path() -> str:
+    """The small tri-mode model shipped with the package (trained by `python -m tridecode.train`, see the
+    README), used when no checkpoint is given."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "td-tiny-code")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise ValueError(f"the default model is missing from this installation ({path}); pass a checkpoint")
+    return path
+
+
 def cuda_compiled() -> bool:
     """True when this build contains the CUDA backend."""
     return bool(_C.cuda_compiled())
@@ -36,6 +47,6 @@ def num_threads() -> int:
     return int(_C.num_threads())
 
 
-__all__ = ["load", "random_model", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
+__all__ = ["default_model_path", "load", "random_model", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
            "cuda_available", "cuda_compiled", "set_num_threads", "num_threads", "load_config", "parse_config",
            "ops", "__version__"]

@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text or token ids from a prompt",
                        description="Generate from a prompt with a Hugging Face checkpoint directory.")
-    g.add_argument("model", metavar="MODEL_DIR",
-                   help="checkpoint directory: config.json, model.safetensors (or shards), optional tokenizer.json")
+    g.add_argument("model", metavar="MODEL_DIR", nargs="?", default=None,
+                   help="checkpoint directory: config.json, model.safetensors (or shards), optional tokenizer.json "
+                        "(default: the small tri-mode model shipped with tridecode)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs tokenizer.json in MODEL_DIR)")
     src.add_argument("--ids", type=_ids, help="prompt as comma-separated token ids, e.g. 1,15,70")
@@ -94,9 +95,10 @@ def main(argv=None) -> int:
         if args.threads is not None:
             tridecode.set_num_threads(args.threads)
         lora = None if args.no_lora else (args.lora or "auto")
-        model = tridecode.load(args.model, dtype=args.dtype, max_context=args.max_context, lora=lora)
+        path = args.model if args.model is not None else tridecode.default_model_path()
+        model = tridecode.load(path, dtype=args.dtype, max_context=args.max_context, lora=lora)
         if args.prompt is not None and model.tokenizer is None:
-            parser.error(f"--prompt needs {args.model}/tokenizer.json; use --ids instead")
+            parser.error(f"--prompt needs {path}/tokenizer.json; use --ids instead")
         prompt = args.prompt if args.prompt is not None else args.ids
         as_text = model.tokenizer is not None and not args.print_ids
         printed: list[int] = []

@@ -12,7 +12,7 @@ from . import _C
 from .config import ModelConfig, load_config
 from .errors import CheckpointError
 from .rope import native_rope_params
-from .safetensors_io import SUPPORTED_DTYPES, Checkpoint
+from .safetensors_io import SUPPORTED_DTYPES, Checkpoint, bf16_to_f32, to_bf16_bits
 
 #: Per-layer tensors: native name -> (HF suffix, shape function of the config).
 _LAYER_TENSORS = {
@@ -58,14 +58,12 @@ def _convert(arr: np.ndarray, code: int, target: str) -> tuple[np.ndarray, int]:
     src = {0: "F32", 1: "F16", 2: "BF16"}[code]
     if src == target:
         return arr, code
-    f32 = arr.astype(np.float32) if src != "BF16" else (arr.astype(np.uint32) << 16).view(np.float32)
+    f32 = arr.astype(np.float32) if src != "BF16" else bf16_to_f32(arr)
     if target == "F32":
         return np.ascontiguousarray(f32), 0
     if target == "F16":
         return np.ascontiguousarray(f32.astype(np.float16)), 1
-    bits = np.ascontiguousarray(f32).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-    return rounded, 2
+    return to_bf16_bits(f32), 2
 
 
 def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
