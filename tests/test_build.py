@@ -50,6 +50,11 @@ def test_cuda_requests_without_a_gpu_are_clear_errors():
         tridecode.ops.matmul(np.ones((2, 4), np.float32), np.ones((3, 4), np.float32), device="cuda")
     with pytest.raises(ValueError, match="CUDA|cuda"):
         tridecode._C.DeviceBuffer(16)
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "tridecode", "generate", GOLDEN_DIR, "--ids", "1,2", "--device", "cuda"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "CUDA" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_random_model_on_cpu():

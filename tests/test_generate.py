@@ -193,7 +193,7 @@ def test_cli_help_explains_every_flag():
     out = _cli("generate", "--help")
     assert out.returncode == 0
     for flag in ("--prompt", "--ids", "--mode", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
-                 "--seed", "--eos-token-id", "--max-context", "--dtype", "--threads"):
+                 "--seed", "--eos-token-id", "--max-context", "--dtype", "--threads", "--device"):
         assert flag in out.stdout
     out = _cli("--help")
     assert out.returncode == 0 and "generate" in out.stdout

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV-cache capacity in tokens (default: min(max_position_embeddings, 4096))")
     g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="convert weights to this dtype at load (default: keep the stored dtype)")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend to run on (default: cpu)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--print-ids", action="store_true", help="print token ids even when a tokenizer exists")
     return parser
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             tridecode.set_num_threads(args.threads)
         lora = None if args.no_lora else (args.lora or "auto")
         path = args.model if args.model is not None else tridecode.default_model_path()
-        model = tridecode.load(path, dtype=args.dtype, max_context=args.max_context, lora=lora)
+        model = tridecode.load(path, device=args.device, dtype=args.dtype, max_context=args.max_context, lora=lora)
         if args.prompt is not None and model.tokenizer is None:
             parser.error(f"--prompt needs {path}/tokenizer.json; use --ids instead")
         prompt = args.prompt if args.prompt is not None else args.ids
