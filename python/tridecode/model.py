@@ -221,32 +221,15 @@ class Model:
             seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
 
         if mode == "ar":
-            for name, value in (("block_length", block_length), ("steps", steps), ("use_lora", use_lora)):
-                if value is not None:
-                    raise ValueError(f"generate: {name} applies to diffusion / self_spec, not mode 'ar'")
+            if block_length is not None or steps is not None or use_lora is not None:
+                bad = next(n for n, v in (("block_length", block_length), ("steps", steps), ("use_lora", use_lora))
+                           if v is not None)
+                raise ValueError(f"generate: {bad} applies to diffusion / self_spec, not mode 'ar'")
             if threshold is not _DEFAULT or draft_threshold:
                 raise ValueError("generate: threshold / draft_threshold apply to diffusion / self_spec, not 'ar'")
-            if top_k is None and top_p is None:
-                def picker(chunk, stream):
-                    return int(self.forward_select(chunk, "causal", logits="last", temperature=temperature,
-                                                   seed=seed, stream=stream)[0][0])
-            else:
-                sampler = Sampler(params, self.config.mask_token_id)
-
-                def picker(chunk, stream):
-                    return sampler(self.forward(chunk, "causal", logits="last")[-1])
-            result = ar_generate(self, ids, max_new_tokens, picker, eos, on_tokens)
+            result = ar_generate(self, ids, max_new_tokens, self._ar_picker(params, seed), eos, on_tokens)
         else:
-            if self.config.mask_token_id is None:
-                raise ValueError(f"generate: mode {mode!r} needs a mask_token_id in config.json (a tri-mode "
-                                 "checkpoint)")
-            if top_k is not None or top_p is not None:
-                raise ValueError(f"generate: top_k / top_p apply to mode 'ar' only; {mode} samples with "
-                                 "Gumbel-max at the given temperature")
-            L = 32 if block_length is None else block_length
-            if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 2:
-                raise ValueError(f"generate: block_length must be an integer >= 2, got {block_length!r}")
-            L = int(L)
+            L = self._check_parallel_mode(mode, top_k, top_p, block_length)
 
             def selector(chunk, causal, write_cache, last_only, stream, use_lora=False):
                 return self.forward_select(chunk, "causal" if causal else "bidirectional", write_cache=write_cache,
@@ -254,38 +237,68 @@ class Model:
                                            temperature=temperature, seed=seed, stream=stream)
 
             if mode == "diffusion":
-                if use_lora is not None or draft_threshold:
-                    raise ValueError("generate: use_lora / draft_threshold apply to self_spec, not diffusion")
-                thr = 0.9 if threshold is _DEFAULT else threshold
-                if thr is not None and (isinstance(thr, bool) or not isinstance(thr, numbers.Real)
-                                        or not 0 < thr <= 1):
-                    raise ValueError(f"generate: threshold must be in (0, 1] or None, got {thr!r}")
-                if steps is not None and thr is not None:
-                    raise ValueError("generate: steps applies to the fixed schedule (threshold=None) only")
-                n_steps = L - 1 if steps is None else steps
-                if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= L - 1:
-                    raise ValueError(f"generate: steps must be an integer in [1, block_length - 1 = {L - 1}], "
-                                     f"got {steps!r}")
-                result = diffusion_generate(self, ids, max_new_tokens, L, None if thr is None else float(thr),
-                                            int(n_steps), selector, eos, on_tokens)
+                thr, n_steps = self._diffusion_schedule(L, threshold, steps, use_lora, draft_threshold)
+                result = diffusion_generate(self, ids, max_new_tokens, L, thr, n_steps, selector, eos, on_tokens)
             else:
-                if threshold is not _DEFAULT or steps is not None:
-                    raise ValueError("generate: threshold / steps apply to diffusion; self_spec takes "
-                                     "draft_threshold")
-                dt = draft_threshold
-                if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not 0 <= dt <= 1:
-                    raise ValueError(f"generate: draft_threshold must be in [0, 1], got {draft_threshold!r}")
-                if use_lora is not None and not isinstance(use_lora, (bool, np.bool_)):
-                    raise ValueError(f"generate: use_lora must be True, False or None, got {use_lora!r}")
-                if use_lora and self.lora is None:
-                    raise ValueError("generate: use_lora=True but no LoRA adapter is attached "
-                                     "(tridecode.load(..., lora=PATH) or model.attach_lora(PATH))")
-                lora_on = self.lora is not None if use_lora is None else bool(use_lora)
-                result = self_spec_generate(self, ids, max_new_tokens, L, float(dt), lora_on, selector, eos,
-                                            on_tokens)
+                dt, lora_on = self._self_spec_drafting(threshold, steps, draft_threshold, use_lora)
+                result = self_spec_generate(self, ids, max_new_tokens, L, dt, lora_on, selector, eos, on_tokens)
         if self.tokenizer is not None:
             result.text = self.tokenizer.decode(result.tokens)
         return result
+
+    # ---- parameter checks of generate(), one per mode ----
+    def _ar_picker(self, params: SamplingParams, seed: int):
+        """picker(chunk, stream) -> the next token: the fused sampler head, or logits + the numpy sampler
+        when top_k / top_p filter the distribution."""
+        if params.top_k is None and params.top_p is None:
+            def picker(chunk, stream):
+                return int(self.forward_select(chunk, "causal", logits="last", temperature=params.temperature,
+                                               seed=seed, stream=stream)[0][0])
+            return picker
+        sampler = Sampler(params, self.config.mask_token_id)
+        return lambda chunk, stream: sampler(self.forward(chunk, "causal", logits="last")[-1])
+
+    def _check_parallel_mode(self, mode, top_k, top_p, block_length) -> int:
+        """Checks shared by diffusion and self_spec; returns the block length."""
+        if self.config.mask_token_id is None:
+            raise ValueError(f"generate: mode {mode!r} needs a mask_token_id in config.json (a tri-mode "
+                             "checkpoint)")
+        if top_k is not None or top_p is not None:
+            raise ValueError(f"generate: top_k / top_p apply to mode 'ar' only; {mode} samples with "
+                             "Gumbel-max at the given temperature")
+        L = 32 if block_length is None else block_length
+        if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 2:
+            raise ValueError(f"generate: block_length must be an integer >= 2, got {block_length!r}")
+        return int(L)
+
+    @staticmethod
+    def _diffusion_schedule(L, threshold, steps, use_lora, draft_threshold):
+        """(threshold or None for the fixed schedule, denoising steps of the fixed schedule)."""
+        if use_lora is not None or draft_threshold:
+            raise ValueError("generate: use_lora / draft_threshold apply to self_spec, not diffusion")
+        thr = 0.9 if threshold is _DEFAULT else threshold
+        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, numbers.Real) or not 0 < thr <= 1):
+            raise ValueError(f"generate: threshold must be in (0, 1] or None, got {thr!r}")
+        if steps is not None and thr is not None:
+            raise ValueError("generate: steps applies to the fixed schedule (threshold=None) only")
+        n_steps = L - 1 if steps is None else steps
+        if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= L - 1:
+            raise ValueError(f"generate: steps must be an integer in [1, block_length - 1 = {L - 1}], got {steps!r}")
+        return (None if thr is None else float(thr)), int(n_steps)
+
+    def _self_spec_drafting(self, threshold, steps, draft_threshold, use_lora):
+        """(draft threshold, whether drafts use the LoRA)."""
+        if threshold is not _DEFAULT or steps is not None:
+            raise ValueError("generate: threshold / steps apply to diffusion; self_spec takes draft_threshold")
+        dt = draft_threshold
+        if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not 0 <= dt <= 1:
+            raise ValueError(f"generate: draft_threshold must be in [0, 1], got {draft_threshold!r}")
+        if use_lora is not None and not isinstance(use_lora, (bool, np.bool_)):
+            raise ValueError(f"generate: use_lora must be True, False or None, got {use_lora!r}")
+        if use_lora and self.lora is None:
+            raise ValueError("generate: use_lora=True but no LoRA adapter is attached "
+                             "(tridecode.load(..., lora=PATH) or model.attach_lora(PATH))")
+        return float(dt), (self.lora is not None if use_lora is None else bool(use_lora))
 
     def __repr__(self) -> str:
         c = self.config
