@@ -40,6 +40,9 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps (the schedule still spans the full run): to check that a "
+                         "rerun reproduces the start of a recorded loss curve")
     return ap
 
 
@@ -90,7 +93,7 @@ def main(argv=None):
           f"vocab {shape.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     curve = []
     start = time.time()
-    for step in range(total):
+    for step in range(total if args.stop_after is None else min(total, args.stop_after)):
         starts = torch.randint(0, stream.numel() - args.seq_len - 1, (args.batch,), generator=gen)
         x0 = torch.stack([stream[s:s + args.seq_len] for s in starts.tolist()])
         if step < args.ar_steps:

@@ -1,0 +1,73 @@
+"""The model shipped with the package: it loads with no download, the CLI uses it when no checkpoint is
+given, its measured behaviour on held-out prompts is pinned (a regression in any mode fails), and the
+recorded training command reproduces the start of its loss curve and its tokenizer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tridecode
+
+PATH = tridecode.default_model_path()
+# Measured on the shipped weights (CPU, fp32): first 8 held-out prompts, 48 new tokens, no EOS, L = 16.
+PINNED = {"self_spec_mean_accepted": 1.954, "diffusion_tpf_0.9": 0.980}
+TOLERANCE = 0.1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tridecode.load(PATH)
+
+
+def test_shipped_files(model):
+    total = sum(os.path.getsize(os.path.join(PATH, f)) for f in os.listdir(PATH))
+    assert total <= 25 * 2**20
+    assert model.config.is_tri_mode and model.config.mask_token_id == 3 and model.tokenizer is not None
+    cfg = json.load(open(os.path.join(PATH, "config.json")))
+    assert cfg["training"]["command"].startswith("python -m tridecode.train")
+
+
+def test_cli_runs_without_a_checkpoint():
+    out = subprocess.run([sys.executable, "-m", "tridecode", "generate", "--prompt", "import os\n",
+                          "--mode", "self-spec", "--max-new-tokens", "24"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "mean_accepted=" in out.stderr and out.stdout.strip()
+
+
+def test_pinned_behaviour_on_heldout_prompts(model):
+    with open(os.path.join(PATH, "heldout.txt"), encoding="utf-8") as f:
+        prompts = [model.encode(line.strip()) for line in f if line.strip()][:8]
+    accepted, d_tokens, d_forwards = [], 0, 0
+    for p in prompts:
+        ar = model.generate(p, mode="ar", max_new_tokens=48, eos_token_id=[]).tokens
+        spec = model.generate(p, mode="self_spec", block_length=16, max_new_tokens=48, eos_token_id=[])
+        assert spec.tokens == ar
+        accepted += spec.accepted_per_cycle
+        diff = model.generate(p, mode="diffusion", block_length=16, threshold=0.9, max_new_tokens=48,
+                              eos_token_id=[])
+        d_tokens += len(diff.tokens)
+        d_forwards += diff.forwards
+    assert np.mean(accepted) == pytest.approx(PINNED["self_spec_mean_accepted"], abs=TOLERANCE)
+    assert d_tokens / d_forwards == pytest.approx(PINNED["diffusion_tpf_0.9"], abs=TOLERANCE)
+
+
+def test_recorded_command_reproduces_the_loss_curve_start(tmp_path):
+    from tridecode.train.__main__ import main as train
+    from tridecode.train.data import stdlib_corpus
+
+    cfg = json.load(open(os.path.join(PATH, "config.json")))
+    if stdlib_corpus().digest != cfg["training"]["corpus_sha256"]:
+        pytest.skip("this interpreter's standard library is not the recorded corpus (another Python version)")
+    args = cfg["training"]["command"].split()[3:]
+    args[args.index("--out") + 1] = str(tmp_path / "rerun")
+    assert train(args + ["--stop-after", "3"]) == 0
+    again = json.load(open(tmp_path / "rerun" / "loss_curve.json"))
+    shipped = json.load(open(os.path.join(PATH, "loss_curve.json")))
+    np.testing.assert_allclose([c["loss"] for c in again], [c["loss"] for c in shipped[:3]], rtol=1e-5)
+    with open(tmp_path / "rerun" / "tokenizer.json", "rb") as a, open(os.path.join(PATH, "tokenizer.json"), "rb") as b:
+        assert a.read() == b.read()
