@@ -13,7 +13,7 @@ from tridecode.config import RopeConfig
 from tridecode.rope import inv_freq
 
 from conftest import REQUIRE_CUDA, require_cuda_or_skip
-from golden import GOLDEN_DIR, PROMPTS, cases
+from golden import GOLDEN_DIR, PROMPTS, cases, generate_kwargs
 
 # Normalized-error bounds, CUDA vs the CPU backend. Both accumulate in fp32 in different orders, so the
 # bound is a small multiple of fp32 rounding over the reduction length.
@@ -251,16 +251,10 @@ def test_forward_logits_match_cpu(pair):
                          ids=lambda c: c["id"])
 def test_golden_modes_on_cuda_equal_cpu(pair, case):
     cpu, gpu = pair
-    a = case["args"]
-    mode = {"ar_generate": "ar", "generate": "diffusion", "linear_spec_generate": "self_spec"}[case["mode"]]
-    kw = dict(max_new_tokens=a["max_new_tokens"], eos_token_id=a["eos_token_id"])
-    if mode == "diffusion":
-        kw.update(block_length=a["block_length"], threshold=a["threshold"])
-    if mode == "self_spec":
-        kw.update(block_length=a["block_length"], draft_threshold=a["threshold"])
-    want = cpu.generate(PROMPTS[case["prompt_index"]], mode=mode, **kw)
-    got = gpu.generate(PROMPTS[case["prompt_index"]], mode=mode, **kw)
-    assert got.tokens == want.tokens == case["new_tokens"][: a["max_new_tokens"]]
+    kw = generate_kwargs(case)
+    want = cpu.generate(PROMPTS[case["prompt_index"]], **kw)
+    got = gpu.generate(PROMPTS[case["prompt_index"]], **kw)
+    assert got.tokens == want.tokens == case["new_tokens"][: kw["max_new_tokens"]]
     assert got.nfe == want.nfe
     assert got.accepted_per_cycle == want.accepted_per_cycle
 

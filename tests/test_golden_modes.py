@@ -14,7 +14,7 @@ import pytest
 
 import tridecode
 
-from golden import GOLDEN_DIR, PROMPTS, cases
+from golden import GOLDEN_DIR, PROMPTS, cases, generate_kwargs
 
 with open(os.path.join(GOLDEN_DIR, "expected_lora.json"), encoding="utf-8") as _f:
     EXPECTED_LORA = json.load(_f)
@@ -33,17 +33,11 @@ def drafter():
 
 
 def _diffusion(model, case):
-    a = case["args"]
-    return model.generate(PROMPTS[case["prompt_index"]], mode="diffusion", max_new_tokens=a["max_new_tokens"],
-                          block_length=a["block_length"], threshold=a["threshold"],
-                          eos_token_id=a["eos_token_id"])
+    return model.generate(PROMPTS[case["prompt_index"]], **generate_kwargs(case))
 
 
 def _self_spec(model, case, **kw):
-    a = case["args"]
-    return model.generate(PROMPTS[case["prompt_index"]], mode="self_spec", max_new_tokens=a["max_new_tokens"],
-                          block_length=a["block_length"], draft_threshold=a["threshold"],
-                          eos_token_id=a["eos_token_id"], **kw)
+    return model.generate(PROMPTS[case["prompt_index"]], **generate_kwargs(case), **kw)
 
 
 @pytest.mark.parametrize("case", cases("generate"), ids=lambda c: c["id"])
