@@ -1,5 +1,5 @@
 // x [m, k] @ W^T for W [n, k] in its stored dtype. Weight-stationary: each thread takes a slab of W rows,
-// 4 rows at a time, and multiplies them by all m input rows, so W is read exactly once whatever m is; for
+// 8 rows at a time, and multiplies them by all m input rows, so W is read exactly once whatever m is; for
 // the small m of decoding that read is what bounds the time. fp32 and bf16 rows feed the kernel directly;
 // f16 rows are converted to an fp32 scratch first.
 #include <algorithm>
@@ -17,7 +17,7 @@ void CpuBackend::matmul(const float* x, int m, const WeightView& w, float* out) 
   TD_CHECK(m > 0, "[matmul] no input rows");
   const int64_t n = w.rows, k = w.cols;
   const SimdKernels& K = simd();
-  constexpr int kRows = 4;
+  constexpr int kRows = 8;
   const int64_t blocks = (n + kRows - 1) / kRows;
   // Threads pay off only on real work: a parallel region costs microseconds, and far more when another
   // process holds the other cores, so tiny products stay on the calling thread.

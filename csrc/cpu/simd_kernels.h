@@ -9,7 +9,7 @@ namespace td::cpu {
 
 struct SimdKernels {
   const char* isa;
-  // out[i * ldo + j] = dot(x + i*k, w_rows[j]) for i < m, j < nr (nr <= 4): a small output tile.
+  // out[i * ldo + j] = dot(x + i*k, w_rows[j]) for i < m, j < nr (nr <= 8): a small output tile.
   // Weight rows are fp32 or bf16 (wt); other dtypes are converted to fp32 rows by the caller.
   void (*dot_tile)(const float* x, int m, int64_t k, const void* const* w_rows, DType wt, int nr, float* out,
                    int64_t ldo);
