@@ -39,6 +39,17 @@ def test_cli_runs_without_a_checkpoint():
     assert "mean_accepted=" in out.stderr and out.stdout.strip()
 
 
+def test_cli_streams_the_same_text_as_the_api(model):
+    # Byte-level BPE: characters and words span tokens, so the streamed pieces must join up exactly.
+    prompt = "def read(path):\n    with open(path"
+    out = subprocess.run([sys.executable, "-m", "tridecode", "generate", "--prompt", prompt, "--mode", "self-spec",
+                          "--block-length", "8", "--max-new-tokens", "60"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = model.generate(prompt, mode="self_spec", block_length=8, max_new_tokens=60).text
+    assert out.stdout.endswith(want + "\n")
+
+
 def test_pinned_behaviour_on_heldout_prompts(model):
     with open(os.path.join(PATH, "heldout.txt"), encoding="utf-8") as f:
         prompts = [model.encode(line.strip()) for line in f if line.strip()][:8]

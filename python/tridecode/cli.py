@@ -105,11 +105,13 @@ def main(argv=None) -> int:
         printed: list[int] = []
 
         def stream(tokens):
-            # Text is re-decoded from the whole output so multi-token characters print correctly.
+            # New text = decode(context + new) minus decode(context) over a short window of already printed
+            # tokens, so characters spanning several tokens print whole and long outputs stay linear.
             if as_text:
-                before = model.decode(printed)
+                context = printed[-8:]
+                before = model.decode(context)
                 printed.extend(tokens)
-                sys.stdout.write(model.decode(printed)[len(before):])
+                sys.stdout.write(model.decode(context + list(tokens))[len(before):])
             else:
                 sys.stdout.write(("," if printed else "") + ",".join(map(str, tokens)))
                 printed.extend(tokens)
