@@ -20,8 +20,4 @@ Backend& backend();
 void synchronize();                                  // waits for all queued device work
 std::pair<size_t, size_t> memory_info();             // (free, total) device bytes
 
-// RMSNorm on the GPU over host buffers (staged through device memory):  x, out [n, dim] fp32;
-// w [dim] in dtype wt. The first CUDA kernel; the full device backend comes later.
-void rms_norm_host(const float* x, const void* w, DType wt, int n, int dim, float eps, float* out);
-
 }  // namespace td::cuda

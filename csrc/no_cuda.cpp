@@ -12,8 +12,5 @@ std::pair<size_t, size_t> memory_info() { throw Error("[cuda] tridecode was buil
 Backend& backend() {
   throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
 }
-void rms_norm_host(const float*, const void*, DType, int, int, float, float*) {
-  throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
-}
 
 }  // namespace td::cuda

@@ -7,13 +7,6 @@ import tridecode
 REQUIRE_CUDA = os.environ.get("TRIDECODE_REQUIRE_CUDA") == "1"
 
 
-def available_devices():
-    devices = ["cpu"]
-    if tridecode.cuda_available():
-        devices.append("cuda")
-    return devices
-
-
 def require_cuda_or_skip():
     """Skips without a GPU, unless TRIDECODE_REQUIRE_CUDA=1 asks for a failure instead."""
     if tridecode.cuda_available():

@@ -12,7 +12,7 @@ from tridecode import reference as ref
 from tridecode.rope import inv_freq
 from tridecode.config import RopeConfig
 
-from conftest import available_devices, require_cuda_or_skip
+from conftest import require_cuda_or_skip
 
 TOL = {
     "rms_norm": 2e-6,

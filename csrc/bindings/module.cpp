@@ -516,18 +516,4 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("array"), py::arg("offset") = 0);
 
-  m.def("cuda_rms_norm", [](F32Array x, py::array w, int wcode, float eps) {
-    check_rows(x, x.ndim() == 2 ? x.shape(1) : -1, "rms_norm", "x");
-    WeightView wv = weight_view(w, wcode, "w");
-    TD_CHECK(wv.rows == 1 && wv.cols == x.shape(1), "[rms_norm] w has ", wv.rows * wv.cols,
-             " elements, expected ", x.shape(1));
-    py::array_t<float> out({x.shape(0), x.shape(1)});
-    const int n = static_cast<int>(x.shape(0)), dim = static_cast<int>(x.shape(1));
-    const float* xp = x.data();
-    const void* wp = wv.data;
-    float* op = out.mutable_data();
-    py::gil_scoped_release r;
-    td::cuda::rms_norm_host(xp, wp, wv.dtype, n, dim, eps, op);
-    return out;
-  });
 }

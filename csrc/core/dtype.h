@@ -82,21 +82,5 @@ static inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | h);
 }
 
-// Converts n stored elements to fp32.
-static inline void to_f32(const void* src, DType t, int64_t n, float* dst) {
-  switch (t) {
-    case DType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
-    case DType::BF16: {
-      auto s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
-      break;
-    }
-    case DType::F16: {
-      auto s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
-      break;
-    }
-  }
-}
 
 }  // namespace td

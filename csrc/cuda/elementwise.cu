@@ -1,10 +1,7 @@
 // Memory-bound per-token ops: embedding, RMSNorm, RoPE, SwiGLU, residual adds, KV append, random fill.
-#include <memory>
-
 #include "core/select_params.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
-#include "cuda_api.h"
 
 namespace td::cuda {
 namespace {
@@ -219,25 +216,6 @@ void CudaBackend::kv_write(float* cache, const float* chunk, int n, int kv_heads
 void CudaBackend::fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) {
   fill_random_kernel<<<blocks_for(n, kThreads), kThreads>>>(dst, t, n, std, seed);
   TD_CUDA_LAUNCH_CHECK("fill_random");
-}
-
-// ---- host-staged RMSNorm (the first kernel's original entry point, kept for ops on numpy arrays) ----
-
-void rms_norm_host(const float* x, const void* w, DType wt, int n, int dim, float eps, float* out) {
-  Backend& be = backend();
-  TD_CHECK(n > 0 && dim > 0, "[rms_norm] empty input");
-  const size_t xb = static_cast<size_t>(n) * dim * sizeof(float);
-  const size_t wb = static_cast<size_t>(dim) * dtype_size(wt);
-  Buffer dx(be), dw(be), dout(be);
-  be.upload(dx.reserve(xb), x, xb);
-  be.upload(dw.reserve(wb), w, wb);
-  WeightView wv;
-  wv.data = dw.get();
-  wv.dtype = wt;
-  wv.rows = 1;
-  wv.cols = dim;
-  be.rms_norm(static_cast<const float*>(dx.get()), wv, n, dim, eps, static_cast<float*>(dout.reserve(xb)));
-  be.download(out, dout.get(), xb);
 }
 
 }  // namespace td::cuda
