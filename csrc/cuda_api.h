@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/dtype.h"
@@ -19,5 +20,23 @@ Backend& backend();
 
 void synchronize();                                  // waits for all queued device work
 std::pair<size_t, size_t> memory_info();             // (free, total) device bytes
+
+// The CUDA emulator: a TRIDECODE_CUDA=EMU build runs the same kernels on the CPU (csrc/cuda_emu/).
+// emulated() is false in other builds, where the emu_* calls throw td::Error.
+bool emulated();
+struct EmuLaunch {
+  std::string kernel;   // as written at the launch, e.g. "skinny_matmul_kernel<WT, true>"
+  std::string template_args;   // of the launching function, e.g. "td::DType WT = td::DType::BF16"
+  unsigned grid[3];
+  unsigned block[3];
+  size_t dynamic_shared;
+  size_t static_shared;
+  double seconds;       // host time the emulation took
+};
+// Settings by name: sm_count, memory_bytes, reverse (0/1), stack_bytes, static_shared_limit,
+// shared_optin_limit, record_launches (0/1). The backend reads sm_count once, when first used.
+std::vector<std::pair<std::string, int64_t>> emu_settings();
+void emu_configure(const std::string& key, int64_t value);
+std::vector<EmuLaunch> emu_take_launches();   // launches recorded since the last call (record_launches=1)
 
 }  // namespace td::cuda

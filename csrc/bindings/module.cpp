@@ -268,6 +268,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_compiled", &td::cuda::compiled);
   m.def("cuda_device_count", &td::cuda::device_count);
   m.def("cuda_device_name", &td::cuda::device_name);
+  m.def("cuda_emulated", &td::cuda::emulated);
+  // The CUDA emulator of TRIDECODE_CUDA=EMU builds (csrc/cuda_emu/): settings and the launch log.
+  py::module_ emu = m.def_submodule("cuda_emu", "settings and launch log of the CUDA emulator (EMU builds)");
+  emu.def("settings", [] {
+    py::dict d;
+    for (const auto& [k, v] : td::cuda::emu_settings()) d[py::str(k)] = v;
+    return d;
+  });
+  emu.def("configure", [](const py::kwargs& kw) {
+    for (const auto& item : kw) td::cuda::emu_configure(item.first.cast<std::string>(), item.second.cast<int64_t>());
+  });
+  emu.def("take_launches", [] {
+    py::list out;
+    for (const auto& r : td::cuda::emu_take_launches())
+      out.append(py::make_tuple(r.kernel, r.template_args, py::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
+                                py::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_shared, r.static_shared,
+                                r.seconds));
+    return out;
+  }, "(kernel, template_args, grid, block, dynamic_shared, static_shared, seconds) of each launch since the last call");
   m.def("cpu_isa", [] { return std::string(td::cpu::simd().isa); });
   m.def("num_threads", [] { return omp_get_max_threads(); });
   m.def("set_num_threads", [](int n) {

@@ -30,6 +30,12 @@ def cuda_compiled() -> bool:
     return bool(_C.cuda_compiled())
 
 
+def cuda_emulated() -> bool:
+    """True in a TRIDECODE_CUDA=EMU build: the CUDA backend's kernels run on the CPU emulator (for kernel
+    correctness without a GPU; nothing about speed carries over)."""
+    return bool(_C.cuda_emulated())
+
+
 def cuda_available() -> bool:
     """True when the CUDA backend is built and a device answers. Any error from the driver means False."""
     try:
@@ -48,5 +54,5 @@ def num_threads() -> int:
 
 
 __all__ = ["default_model_path", "load", "random_model", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
-           "cuda_available", "cuda_compiled", "set_num_threads", "num_threads", "load_config", "parse_config",
+           "cuda_available", "cuda_compiled", "cuda_emulated", "set_num_threads", "num_threads", "load_config", "parse_config",
            "ops", "__version__"]

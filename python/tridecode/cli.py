@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _version() -> str:
     import tridecode
     from tridecode import _C
-    return (f"tridecode {tridecode.__version__} (cpu kernels: {_C.cpu_isa()}, threads: {_C.num_threads()}, "
-            f"cuda compiled: {tridecode.cuda_compiled()}, cuda available: {tridecode.cuda_available()})")
+    cuda = f"cuda compiled: {tridecode.cuda_compiled()}, cuda available: {tridecode.cuda_available()}"
+    if tridecode.cuda_available():
+        cuda += f", cuda device: {_C.cuda_device_name(0)}"
+    if tridecode.cuda_emulated():
+        cuda += " (emulated: TRIDECODE_CUDA=EMU build, kernels run on the CPU)"
+    return f"tridecode {tridecode.__version__} (cpu kernels: {_C.cpu_isa()}, threads: {_C.num_threads()}, {cuda})"
 
 
 def main(argv=None) -> int:

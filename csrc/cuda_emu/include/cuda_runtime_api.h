@@ -1,0 +1,3 @@
+// Emulator shim: see csrc/cuda_emu/README.md.
+#pragma once
+#include "../runtime_api.h"

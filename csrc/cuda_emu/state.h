@@ -1,0 +1,46 @@
+// Emulator state shared by the scheduler, the runtime API and the control API (not seen by kernels).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda_emu/runtime_api.h"
+
+namespace td_emu {
+
+struct Settings {
+  int sm_count = 132;                          // what cudaDevAttrMultiProcessorCount reports (H100 SXM)
+  size_t memory_bytes = size_t{8} << 30;       // device memory the allocator hands out
+  bool reverse = false;                        // run threads (and blocks) in reverse order
+  size_t stack_bytes = 256 << 10;              // per emulated thread
+  size_t static_shared_limit = 48 << 10;       // static __shared__ per block
+  size_t shared_optin_limit = 227 << 10;       // static + dynamic, with cudaFuncSetAttribute (H100)
+  bool record_launches = false;
+};
+// The settings, read from TD_CUDA_EMU_* environment variables on first use (std::invalid_argument on a
+// malformed value); tests change them through the control API.
+Settings& settings();
+
+// The sticky-until-read error of the runtime API, with a message that cudaGetErrorString returns.
+cudaError_t set_error(cudaError_t code, const std::string& detail);
+
+// True when [p, p + bytes) lies inside one live device allocation (or pinned host allocation); otherwise
+// false with why filled in.
+bool is_device_range(const void* p, size_t bytes, std::string* why);
+int dynamic_shared_limit(const void* fn);
+bool is_valid_stream(cudaStream_t s);
+
+struct LaunchRecord {
+  std::string kernel;
+  std::string template_args;   // of the launching function, e.g. "td::DType WT = td::DType::BF16"
+  unsigned grid[3];
+  unsigned block[3];
+  size_t dynamic_shared;
+  size_t static_shared;
+  double seconds;              // host time the emulation took
+};
+void record_launch(LaunchRecord r);
+std::vector<LaunchRecord> take_launch_log();
+
+}  // namespace td_emu
