@@ -10,7 +10,8 @@ std::string device_name(int) { throw Error("[cuda] tridecode was built without t
 void synchronize() { throw Error("[cuda] tridecode was built without the CUDA backend"); }
 std::pair<size_t, size_t> memory_info() { throw Error("[cuda] tridecode was built without the CUDA backend"); }
 Backend& backend() {
-  throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON)");
+  throw Error("[cuda] tridecode was built without the CUDA backend (rebuild with TRIDECODE_CUDA=ON, or TRIDECODE_CUDA=EMU for "
+              "the CPU emulator)");
 }
 
 }  // namespace td::cuda

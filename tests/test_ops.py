@@ -1,8 +1,6 @@
-"""One parity table: every op case runs on every backend that implements it and is compared with the
-float64 numpy reference by normalized error (max |out - ref| / max |ref|), with a NaN/Inf check.
-
-Tolerances: an fp32 kernel's error against fp64 is a few ulps times sqrt(reduction length); the bounds below
-are about twice what a naive fp32 loop gives on these sizes."""
+"""One parity table: every op case runs on every backend (CPU, and CUDA where available) and is compared
+with the float64 numpy reference by the rule of tolerance.py: at most twice the error of a naive fp32
+implementation of the op on the same inputs, plus a few ulps, with a NaN/Inf check."""
 
 import numpy as np
 import pytest
@@ -13,15 +11,7 @@ from tridecode.rope import inv_freq
 from tridecode.config import RopeConfig
 
 from conftest import require_cuda_or_skip
-
-TOL = {
-    "rms_norm": 2e-6,
-    "matmul": 2e-6,
-    "rope": 2e-6,
-    "rope_long": 2e-4,   # angles in the tens of thousands of radians: fp32 rounding of pos * inv_freq
-    "attention": 2e-6,
-    "swiglu": 2e-6,
-}
+from tolerance import assert_within, naive32, rope64
 
 rng = np.random.default_rng(1234)
 
@@ -30,42 +20,32 @@ from checkpoints import bf16_bits_to_f32 as bf16_values
 from checkpoints import f32_to_bf16_bits as bf16_bits
 
 
-def norm_err(out, want):
-    out = np.asarray(out, np.float64)
-    assert np.isfinite(out).all(), "output holds NaN/Inf"
-    assert out.shape == want.shape, f"shape {out.shape} != {want.shape}"
-    return float(np.abs(out - want).max() / max(np.abs(want).max(), 1e-30))
-
-
-def case_rms_norm(device, wdtype):
-    x = rng.standard_normal((7, 96)).astype(np.float32) * 3
-    w = (1 + 0.1 * rng.standard_normal(96)).astype(np.float32)
+def stored(w, wdtype):
+    """(array as stored, weight_dtype argument, its exact values in float32)."""
     if wdtype == "float16":
-        w = w.astype(np.float16)
-        got = ops.rms_norm(x, w, 1e-5, device=device)
-        want = ref.rms_norm(x, w.astype(np.float32), 1e-5)
-    elif wdtype == "bfloat16":
+        w16 = w.astype(np.float16)
+        return w16, None, w16.astype(np.float32)
+    if wdtype == "bfloat16":
         bits = bf16_bits(w)
-        got = ops.rms_norm(x, bits, 1e-5, weight_dtype="bfloat16", device=device)
-        want = ref.rms_norm(x, bf16_values(bits), 1e-5)
-    else:
-        got = ops.rms_norm(x, w, 1e-5, device=device)
-        want = ref.rms_norm(x, w, 1e-5)
-    return got, want
+        return bits, "bfloat16", bf16_values(bits)
+    return w, None, w
+
+
+def case_rms_norm(wdtype):
+    def run(device):
+        x = rng.standard_normal((7, 96)).astype(np.float32) * 3
+        w, wd, wv = stored((1 + 0.1 * rng.standard_normal(96)).astype(np.float32), wdtype)
+        got = ops.rms_norm(x, w, 1e-5, weight_dtype=wd, device=device)
+        return got, ref.rms_norm(x, wv, 1e-5), naive32.rms_norm(x, wv, 1e-5)
+    return run
 
 
 def case_matmul(m, wdtype):
     def run(device):
         k, n = 200, 67    # k not a multiple of any vector width, n not a multiple of the 4-row tile
         x = rng.standard_normal((m, k)).astype(np.float32)
-        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-        if wdtype == "bfloat16":
-            bits = bf16_bits(w)
-            return ops.matmul(x, bits, weight_dtype="bfloat16"), ref.matmul(x, bf16_values(bits))
-        if wdtype == "float16":
-            w16 = w.astype(np.float16)
-            return ops.matmul(x, w16), ref.matmul(x, w16.astype(np.float32))
-        return ops.matmul(x, w), ref.matmul(x, w)
+        w, wd, wv = stored((rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32), wdtype)
+        return ops.matmul(x, w, weight_dtype=wd, device=device), ref.matmul(x, wv), naive32.matmul(x, wv)
     return run
 
 
@@ -76,14 +56,9 @@ def case_rope(positions, is_query, beta):
         freqs, af = inv_freq(rc, 32)
         pos = np.asarray(positions, np.int64)
         x = rng.standard_normal((len(pos), 3, 32)).astype(np.float32)
-        got = ops.rope(x, pos, freqs, af, beta, 16384, is_query)
+        args = (pos, freqs, af, beta, 16384, is_query)
         # The reference takes the fp32 angle the kernel (and the HF reference) uses, evaluated in fp64.
-        ang32 = (pos.astype(np.float32)[:, None] * freqs[None, :]).astype(np.float64)
-        # ref.rope with positions 1 and per-row inv_freq = the fp32 angle reproduces that exactly.
-        want = np.stack([ref.rope(x[i:i + 1], [1], ang32[i], af, 0.0, 16384, False)[0] for i in range(len(pos))])
-        if is_query and beta:
-            want = want * (1 + beta * np.log1p(np.floor(pos / 16384.0)))[:, None, None]
-        return got, want
+        return ops.rope(x, *args, device=device), rope64(x, *args), naive32.rope(x, *args)
     return run
 
 
@@ -92,44 +67,41 @@ def case_attention(n_q, kv_len, heads, kv_heads, d, causal):
         q = rng.standard_normal((n_q, heads, d)).astype(np.float32)
         k = rng.standard_normal((kv_len, kv_heads, d)).astype(np.float32)
         v = rng.standard_normal((kv_len, kv_heads, d)).astype(np.float32)
-        return ops.attention(q, k, v, causal=causal), ref.attention(q, k, v, causal=causal)
+        return (ops.attention(q, k, v, causal=causal, device=device), ref.attention(q, k, v, causal=causal),
+                naive32.attention(q, k, v, causal=causal))
     return run
 
 
 def case_swiglu(device):
     g = rng.standard_normal((5, 300)).astype(np.float32) * 4
     u = rng.standard_normal((5, 300)).astype(np.float32)
-    return ops.swiglu(g, u), ref.swiglu(g, u)
+    return ops.swiglu(g, u, device=device), ref.swiglu(g, u), naive32.swiglu(g, u)
 
 
-# (name, tolerance key, function(device), devices that implement it)
+# (name, function(device) -> (output, float64 reference, naive fp32 output))
 CASES = [
-    *[(f"rms_norm-{wd}", "rms_norm", (lambda wd: lambda dev: case_rms_norm(dev, wd))(wd), ("cpu", "cuda"))
-      for wd in ("float32", "float16", "bfloat16")],
-    *[(f"matmul-m{m}-{wd}", "matmul", case_matmul(m, wd), ("cpu",))
-      for m in (1, 3, 4, 9, 32) for wd in ("float32", "float16", "bfloat16")],
-    ("rope-q-short", "rope", case_rope([0, 1, 5, 13, 100, 2047], True, 0.1), ("cpu",)),
-    ("rope-k-short", "rope", case_rope([0, 7, 300], False, 0.1), ("cpu",)),
-    ("rope-q-long", "rope_long", case_rope([16383, 16384, 20000, 40000, 100000], True, 0.1), ("cpu",)),
-    ("rope-k-long", "rope_long", case_rope([16384, 50000], False, 0.1), ("cpu",)),
-    *[(f"attention-n{n}-T{T}-h{h}/{g}-d{d}-{'causal' if c else 'bidir'}", "attention",
-       case_attention(n, T, h, g, d, c), ("cpu",))
+    *[(f"rms_norm-{wd}", case_rms_norm(wd)) for wd in ("float32", "float16", "bfloat16")],
+    *[(f"matmul-m{m}-{wd}", case_matmul(m, wd)) for m in (1, 3, 4, 9, 32) for wd in ("float32", "float16", "bfloat16")],
+    ("rope-q-short", case_rope([0, 1, 5, 13, 100, 2047], True, 0.1)),
+    ("rope-k-short", case_rope([0, 7, 300], False, 0.1)),
+    ("rope-q-long", case_rope([16383, 16384, 20000, 40000, 100000], True, 0.1)),
+    ("rope-k-long", case_rope([16384, 50000], False, 0.1)),
+    *[(f"attention-n{n}-T{T}-h{h}/{g}-d{d}-{'causal' if c else 'bidir'}", case_attention(n, T, h, g, d, c))
       for (n, T, h, g, d) in [(1, 1, 4, 4, 16), (1, 37, 8, 2, 64), (8, 8, 4, 2, 16), (8, 45, 4, 1, 32),
                               (32, 100, 8, 8, 128), (5, 5, 2, 1, 64)]
       for c in (True, False)],
-    ("swiglu", "swiglu", case_swiglu, ("cpu",)),
+    ("swiglu", case_swiglu),
 ]
 
-PARAMS = [pytest.param(fn, TOL[tol], dev, id=f"{name}-{dev}")
-          for name, tol, fn, devs in CASES for dev in ("cpu", "cuda") if dev in devs]
+PARAMS = [pytest.param(fn, dev, id=f"{name}-{dev}") for name, fn in CASES for dev in ("cpu", "cuda")]
 
 
-@pytest.mark.parametrize("fn,tol,device", PARAMS)
-def test_op_matches_reference(fn, tol, device):
+@pytest.mark.parametrize("fn,device", PARAMS)
+def test_op_matches_reference(fn, device):
     if device == "cuda":
         require_cuda_or_skip()
-    got, want = fn(device)
-    assert norm_err(got, want) <= tol
+    got, want, naive = fn(device)
+    assert_within(got, want, naive, device)
 
 
 def test_causal_first_query_sees_only_first_key():

@@ -59,6 +59,11 @@ struct Site {
   const char* file;
   int line;
 };
+// The source position of the expression (inserted by rewrite.py), and of a call, as a default argument.
+#define TD_EMU_SITE (::td_emu::Site{__FILE__, __LINE__})
+// (GCC and clang evaluate __builtin_FILE / __builtin_LINE at the call only when they are themselves the
+// default arguments, so the position travels as two parameters.)
+#define TD_EMU_CALLER_ARGS const char* td_file_ = __builtin_FILE(), int td_line_ = __builtin_LINE()
 
 enum WarpOp : int {
   kSyncwarp, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kActiveMask,
@@ -178,52 +183,60 @@ inline void checked_store(const char* op, T* p, const T& v) {
 
 }  // namespace td_emu
 
-// ---- barriers and warp intrinsics (macros, so faults can name the source line) ----
-#define TD_EMU_SITE (::td_emu::Site{__FILE__, __LINE__})
-// The call site, as a default argument (GCC and clang builtins).
-#define TD_EMU_CALLER (::td_emu::Site{__builtin_FILE(), __builtin_LINE()})
-#define __syncthreads() (static_cast<void>(::td_emu::block_barrier(TD_EMU_SITE, ::td_emu::kBarSync, 0)))
-#define __syncthreads_count(p) (::td_emu::block_barrier(TD_EMU_SITE, ::td_emu::kBarCount, (p) ? 1 : 0))
-#define __syncthreads_and(p) (::td_emu::block_barrier(TD_EMU_SITE, ::td_emu::kBarAnd, (p) ? 1 : 0))
-#define __syncthreads_or(p) (::td_emu::block_barrier(TD_EMU_SITE, ::td_emu::kBarOr, (p) ? 1 : 0))
-
+// ---- barriers and warp intrinsics: the call site comes in as default arguments, so faults name the line ----
+#define TD_EMU_HERE ::td_emu::Site{td_file_, td_line_}
+inline void __syncthreads(TD_EMU_CALLER_ARGS) { ::td_emu::block_barrier(TD_EMU_HERE, ::td_emu::kBarSync, 0); }
+inline int __syncthreads_count(int p, TD_EMU_CALLER_ARGS) {
+  return ::td_emu::block_barrier(TD_EMU_HERE, ::td_emu::kBarCount, p != 0);
+}
+inline int __syncthreads_and(int p, TD_EMU_CALLER_ARGS) { return ::td_emu::block_barrier(TD_EMU_HERE, ::td_emu::kBarAnd, p != 0); }
+inline int __syncthreads_or(int p, TD_EMU_CALLER_ARGS) { return ::td_emu::block_barrier(TD_EMU_HERE, ::td_emu::kBarOr, p != 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu, TD_EMU_CALLER_ARGS) {
+  ::td_emu::warp_op(TD_EMU_HERE, ::td_emu::kSyncwarp, mask, 0, 0, 32);
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32, TD_EMU_CALLER_ARGS) {
+  return ::td_emu::shfl(TD_EMU_HERE, ::td_emu::kShflIdx, mask, v, src, width);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32, TD_EMU_CALLER_ARGS) {
+  return ::td_emu::shfl(TD_EMU_HERE, ::td_emu::kShflUp, mask, v, static_cast<int>(d), width);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32, TD_EMU_CALLER_ARGS) {
+  return ::td_emu::shfl(TD_EMU_HERE, ::td_emu::kShflDown, mask, v, static_cast<int>(d), width);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, TD_EMU_CALLER_ARGS) {
+  return ::td_emu::shfl(TD_EMU_HERE, ::td_emu::kShflXor, mask, v, lane_mask, width);
+}
+inline unsigned __ballot_sync(unsigned mask, int p, TD_EMU_CALLER_ARGS) {
+  return static_cast<unsigned>(::td_emu::warp_op(TD_EMU_HERE, ::td_emu::kBallot, mask, p != 0, 0, 32));
+}
+inline int __any_sync(unsigned mask, int p, TD_EMU_CALLER_ARGS) {
+  return static_cast<int>(::td_emu::warp_op(TD_EMU_HERE, ::td_emu::kAny, mask, p != 0, 0, 32));
+}
+inline int __all_sync(unsigned mask, int p, TD_EMU_CALLER_ARGS) {
+  return static_cast<int>(::td_emu::warp_op(TD_EMU_HERE, ::td_emu::kAll, mask, p != 0, 0, 32));
+}
 namespace td_emu {
-inline void syncwarp(Site s, unsigned mask = 0xffffffffu) { warp_op(s, kSyncwarp, mask, 0, 0, 32); }
-template <class T>
-inline T shfl_idx(Site s, unsigned mask, T v, int src, int width = 32) { return shfl(s, kShflIdx, mask, v, src, width); }
-template <class T>
-inline T shfl_up(Site s, unsigned mask, T v, unsigned d, int width = 32) { return shfl(s, kShflUp, mask, v, static_cast<int>(d), width); }
-template <class T>
-inline T shfl_down(Site s, unsigned mask, T v, unsigned d, int width = 32) { return shfl(s, kShflDown, mask, v, static_cast<int>(d), width); }
-template <class T>
-inline T shfl_xor(Site s, unsigned mask, T v, int m, int width = 32) { return shfl(s, kShflXor, mask, v, m, width); }
-inline unsigned vote(Site s, int op, unsigned mask, int pred) {
-  return static_cast<unsigned>(warp_op(s, op, mask, pred != 0, 0, 32));
-}
-template <class T>
-inline T reduce(Site s, int op, unsigned mask, T v) {
-  static_assert(std::is_integral_v<T> && sizeof(T) == 4, "__reduce_*_sync take int or unsigned");
-  return static_cast<T>(warp_op(s, op, mask, static_cast<uint32_t>(v), 0, 32));
-}
+inline uint32_t reduce(Site s, int op, unsigned mask, uint32_t v) { return static_cast<uint32_t>(warp_op(s, op, mask, v, 0, 32)); }
 unsigned active_mask();
 }  // namespace td_emu
-
-#define __syncwarp(...) (::td_emu::syncwarp(TD_EMU_SITE, ##__VA_ARGS__))
-#define __shfl_sync(...) (::td_emu::shfl_idx(TD_EMU_SITE, __VA_ARGS__))
-#define __shfl_up_sync(...) (::td_emu::shfl_up(TD_EMU_SITE, __VA_ARGS__))
-#define __shfl_down_sync(...) (::td_emu::shfl_down(TD_EMU_SITE, __VA_ARGS__))
-#define __shfl_xor_sync(...) (::td_emu::shfl_xor(TD_EMU_SITE, __VA_ARGS__))
-#define __ballot_sync(mask, p) (::td_emu::vote(TD_EMU_SITE, ::td_emu::kBallot, (mask), (p)))
-#define __any_sync(mask, p) (static_cast<int>(::td_emu::vote(TD_EMU_SITE, ::td_emu::kAny, (mask), (p))))
-#define __all_sync(mask, p) (static_cast<int>(::td_emu::vote(TD_EMU_SITE, ::td_emu::kAll, (mask), (p))))
-#define __reduce_add_sync(mask, v) (::td_emu::reduce(TD_EMU_SITE, ::td_emu::kReduceAddU, (mask), (v)))
-#define __reduce_and_sync(mask, v) (::td_emu::reduce(TD_EMU_SITE, ::td_emu::kReduceAnd, (mask), (v)))
-#define __reduce_or_sync(mask, v) (::td_emu::reduce(TD_EMU_SITE, ::td_emu::kReduceOr, (mask), (v)))
-#define __reduce_xor_sync(mask, v) (::td_emu::reduce(TD_EMU_SITE, ::td_emu::kReduceXor, (mask), (v)))
-#define __reduce_min_sync(mask, v) \
-  (::td_emu::reduce(TD_EMU_SITE, std::is_signed_v<decltype(v)> ? ::td_emu::kReduceMinS : ::td_emu::kReduceMinU, (mask), (v)))
-#define __reduce_max_sync(mask, v) \
-  (::td_emu::reduce(TD_EMU_SITE, std::is_signed_v<decltype(v)> ? ::td_emu::kReduceMaxS : ::td_emu::kReduceMaxU, (mask), (v)))
+#define TD_EMU_REDUCE(name, op_u, op_s)                                                                    \
+  inline unsigned name(unsigned mask, unsigned v, TD_EMU_CALLER_ARGS) {                                  \
+    return ::td_emu::reduce(TD_EMU_HERE, ::td_emu::op_u, mask, v);                                        \
+  }                                                                                                        \
+  inline int name(unsigned mask, int v, TD_EMU_CALLER_ARGS) {                                            \
+    return static_cast<int>(::td_emu::reduce(TD_EMU_HERE, ::td_emu::op_s, mask, static_cast<uint32_t>(v))); \
+  }
+TD_EMU_REDUCE(__reduce_add_sync, kReduceAddU, kReduceAddU)
+TD_EMU_REDUCE(__reduce_min_sync, kReduceMinU, kReduceMinS)
+TD_EMU_REDUCE(__reduce_max_sync, kReduceMaxU, kReduceMaxS)
+TD_EMU_REDUCE(__reduce_and_sync, kReduceAnd, kReduceAnd)
+TD_EMU_REDUCE(__reduce_or_sync, kReduceOr, kReduceOr)
+TD_EMU_REDUCE(__reduce_xor_sync, kReduceXor, kReduceXor)
+#undef TD_EMU_REDUCE
 inline unsigned __activemask() { return ::td_emu::active_mask(); }
 
 // ---- memory intrinsics: loads through the read-only / streaming caches are plain, alignment-checked loads ----

@@ -427,6 +427,9 @@ void check_mask(const Run& r, const Thread& t) {
   const int lane = t.linear % 32;
   const Warp& warp = r.warps[t.linear / 32];
   const unsigned exist = warp.exist;
+  if (t.op == kCollective && warp.lanes < 32)
+    fault(r, t, std::string(t.coll_name) + " at " + site_str(t.site) + " needs a full warp of 32 threads; this warp has " +
+                    std::to_string(warp.lanes));
   if (!((t.mask >> lane) & 1))
     fault(r, t, std::string(op_name(t)) + " at " + site_str(t.site) + ": the mask " + hex(t.mask) +
                     " does not include the calling lane " + std::to_string(lane));

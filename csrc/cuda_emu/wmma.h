@@ -198,39 +198,39 @@ void mma_compute(void* d, const void* a, const void* b, const void* c) {
 
 template <class Use, int M, int N, int K, class T, class L, class MemT>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const MemT* p, unsigned ldm,
-                             ::td_emu::Site site = TD_EMU_CALLER) {
+                             TD_EMU_CALLER_ARGS) {
   static_assert(!std::is_same_v<Use, accumulator>, "accumulator loads take a layout_t argument");
   using F = fragment<Use, M, N, K, T, L>;
   detail::MemArgs args{&f, sizeof f, p, ldm, detail::layout_code<L>(), F::rows, F::cols, sizeof(MemT),
                        &detail::copy_tile<typename F::storage_element_type, MemT>};
-  ::td_emu::warp_collective(site, "wmma::load_matrix_sync", &detail::load_collective, &args);
+  ::td_emu::warp_collective(::td_emu::Site{td_file_, td_line_}, "wmma::load_matrix_sync", &detail::load_collective, &args);
 }
 
 template <int M, int N, int K, class T, class MemT>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const MemT* p, unsigned ldm, layout_t layout,
-                             ::td_emu::Site site = TD_EMU_CALLER) {
+                             TD_EMU_CALLER_ARGS) {
   using F = fragment<accumulator, M, N, K, T>;
   detail::MemArgs args{&f, sizeof f, p, ldm, static_cast<int>(layout), F::rows, F::cols, sizeof(MemT),
                        &detail::copy_tile<typename F::storage_element_type, MemT>};
-  ::td_emu::warp_collective(site, "wmma::load_matrix_sync", &detail::load_collective, &args);
+  ::td_emu::warp_collective(::td_emu::Site{td_file_, td_line_}, "wmma::load_matrix_sync", &detail::load_collective, &args);
 }
 
 template <int M, int N, int K, class T, class MemT>
 inline void store_matrix_sync(MemT* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout,
-                              ::td_emu::Site site = TD_EMU_CALLER) {
+                              TD_EMU_CALLER_ARGS) {
   using F = fragment<accumulator, M, N, K, T>;
   detail::MemArgs args{const_cast<F*>(&f), sizeof f, p, ldm, static_cast<int>(layout), F::rows, F::cols, sizeof(MemT),
                        &detail::copy_tile<typename F::storage_element_type, MemT>};
-  ::td_emu::warp_collective(site, "wmma::store_matrix_sync", &detail::store_collective, &args);
+  ::td_emu::warp_collective(::td_emu::Site{td_file_, td_line_}, "wmma::store_matrix_sync", &detail::store_collective, &args);
 }
 
 template <class FD, class FA, class FB, class FC>
 inline void mma_sync(FD& d, const FA& a, const FB& b, const FC& c, bool satf = false,
-                     ::td_emu::Site site = TD_EMU_CALLER) {
+                     TD_EMU_CALLER_ARGS) {
   static_assert(FA::rows == FD::rows && FB::cols == FD::cols && FA::cols == FB::rows, "mma_sync: fragment shapes disagree");
   (void)satf;
   detail::MmaArgs args{&d, &a, &b, &c, sizeof d, sizeof a, sizeof b, sizeof c, &detail::mma_compute<FD, FA, FB, FC>};
-  ::td_emu::warp_collective(site, "wmma::mma_sync", &detail::mma_collective, &args);
+  ::td_emu::warp_collective(::td_emu::Site{td_file_, td_line_}, "wmma::mma_sync", &detail::mma_collective, &args);
 }
 
 inline float __float_to_tf32(float f) {

@@ -49,6 +49,9 @@ class Arg:
 def describe(a) -> Arg:
     """Shape and dtype of a numpy or device array (device arrays are not copied)."""
     if is_device_array(a):
+        if _C.cuda_emulated():
+            raise ValueError("device arrays (cupy, __cuda_array_interface__, CUDA DLPack) need a real GPU; this "
+                             "build emulates CUDA on the CPU (TRIDECODE_CUDA=EMU): pass numpy arrays")
         if not hasattr(a, "__cuda_array_interface__"):
             a = cupy().from_dlpack(a)
         iface = a.__cuda_array_interface__

@@ -174,7 +174,8 @@ def _check_device(device) -> None:
     if device != "cuda":
         raise ValueError(f"load: unknown device {device!r} (use 'cpu' or 'cuda')")
     if not _C.cuda_compiled():
-        raise ValueError("load: device='cuda' but this build has no CUDA backend (reinstall with TRIDECODE_CUDA=ON)")
+        raise ValueError("load: device='cuda' but this build has no CUDA backend (reinstall with TRIDECODE_CUDA=ON, or "
+                         "TRIDECODE_CUDA=EMU to run its kernels on the CPU emulator)")
     if _C.cuda_device_count() == 0:
         raise ValueError("load: device='cuda' but no CUDA device is usable (no GPU or no driver)")
 

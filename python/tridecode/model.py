@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from . import _C
 from .config import ModelConfig
 from .generate import ar_generate, diffusion_generate, self_spec_generate
 from .result import GenerateResult
@@ -123,6 +124,9 @@ class Model:
             raise ValueError(f"forward: out must be 'host' or 'device', got {out!r}")
         if self.device != "cuda":
             raise ValueError("forward: out='device' needs a model loaded with device='cuda'")
+        if _C.cuda_emulated():
+            raise ValueError("forward: out='device' returns a cupy array, which needs a real GPU; this build "
+                             "emulates CUDA on the CPU (TRIDECODE_CUDA=EMU): use out='host'")
         from ._device import cupy
         result = cupy().empty((1 if last else ids.size, self.config.vocab_size), dtype=np.float32)
         self._native.forward_into(ids, start, causal, write_cache, last, bool(use_lora), int(result.data.ptr))
