@@ -1,7 +1,6 @@
-"""The CUDA backend: every op against float64 and the CPU backend (the rule of tolerance.py, NaN/Inf, guard
-bytes around every output), every kernel and path (the emulator's launch log), then whole models: logits
-against a float64 forward, the golden cases of every mode with and without the LoRA drafter, sampling,
-and self-speculation == AR at temperature 0.
+"""The CUDA backend's ops: each against float64 and the CPU backend (the rule of tolerance.py, NaN/Inf,
+guard bytes around every output), and every kernel and path launched (the emulator's launch log). Whole
+models are in test_cuda_models.py.
 
 Runs on a GPU, or on the CUDA emulator (a TRIDECODE_CUDA=EMU build runs the same kernels on the CPU);
 skipped otherwise. TRIDECODE_REQUIRE_CUDA=1 turns the skips into failures (benchmarks/gpu_check.sh and
@@ -21,20 +20,15 @@ from tridecode.config import RopeConfig
 from tridecode.reference.decode import select as ref_select
 from tridecode.rope import inv_freq
 
-from conftest import REQUIRE_CUDA, require_cuda_or_skip
-from golden import GOLDEN_DIR, PROMPTS, cases, generate_kwargs
-from reference_model import ReferenceModel
-from tolerance import assert_within, naive32, norm_err, rope64, softmax_at64
+from conftest import require_cuda_or_skip
+from golden import GOLDEN_DIR, PROMPTS
+from tolerance import assert_within, naive32, rope64, softmax_at64
 
 GUARD = 256           # bytes of sentinel on each side of every output
 SENTINEL = 0xA5
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "csrc")
 
 rng = np.random.default_rng(7)
-
-with open(os.path.join(GOLDEN_DIR, "expected_lora.json"), encoding="utf-8") as _f:
-    LORA_CASES = json.load(_f)["cases"]
-
 
 @pytest.fixture(autouse=True)
 def _gpu():
@@ -305,131 +299,3 @@ def test_every_kernel_and_path_runs():
     assert len(skinny) == 6, f"skinny matmul variants: {sorted(skinny)}"   # 3 weight dtypes x vector/scalar
     splits = {grid[1] for k, _, grid, *_ in log if k == "attention_split_kernel"}
     assert 1 in splits and max(splits) > 1, splits
-
-
-# ---- whole models ----
-
-@pytest.fixture(scope="module")
-def models():
-    require_cuda_or_skip()
-    return {"cpu": tridecode.load(GOLDEN_DIR, lora=None),
-            "cuda": tridecode.load(GOLDEN_DIR, lora=None, device="cuda"),
-            "cuda_lora": tridecode.load(GOLDEN_DIR, device="cuda")}
-
-
-def test_cuda_model_reports_device_memory(models):
-    assert models["cuda"].device == "cuda"
-    assert models["cuda"].device_memory_bytes > models["cpu"].weight_bytes
-
-
-def _chunks_against_reference(directory, cpu, gpu):
-    """A 70-token causal prefill, a bidirectional block over it and a causal chunk after it. Both backends
-    follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs for the chunks the CUDA
-    backend gives the tensor cores (bf16 weights, over 64 rows)."""
-    truth = ReferenceModel(directory)
-    naive = {"cpu": ReferenceModel(directory, naive=True), "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=64)}
-    for m in (truth, cpu, gpu, *naive.values()):
-        m.reset()
-    for chunk, mode in ((PROMPTS[4], "causal"), ([17] + [100] * 7, "bidirectional"), (PROMPTS[1], "causal")):
-        want = truth.forward(chunk, mode)
-        assert_within(cpu.forward(chunk, mode=mode), want, naive["cpu"].forward(chunk, mode), f"cpu, {mode} chunk")
-        assert_within(gpu.forward(chunk, mode=mode), want, naive["cuda"].forward(chunk, mode), f"cuda, {mode} chunk")
-        assert gpu.cache_length == cpu.cache_length == truth.cache_length
-
-
-def test_forward_logits_follow_the_rule(models):
-    _chunks_against_reference(GOLDEN_DIR, models["cpu"], models["cuda"])
-
-
-def _check_golden(res, case):
-    n = case["args"]["max_new_tokens"]
-    assert res.tokens == case["new_tokens"][:n]
-    assert res.nfe == case["nfe"]
-    assert res.stopped_on_eos == case["stopped_on_eos"]
-    if case["mode"] == "generate":
-        assert res.steps_per_block == [len(b["steps"]) for b in case["blocks"]]
-    if case["mode"] == "linear_spec_generate":
-        assert res.accepted_per_cycle == case["accepted_per_cycle"]
-        assert res.drafts_per_cycle == [c["draft_forwards"] for c in case["cycles"]]
-
-
-@pytest.mark.parametrize("case", cases("ar_generate") + cases("generate") + cases("linear_spec_generate"),
-                         ids=lambda c: c["id"])
-def test_golden_cases_on_cuda(models, case):
-    _check_golden(models["cuda"].generate(PROMPTS[case["prompt_index"]], **generate_kwargs(case)), case)
-
-
-@pytest.mark.parametrize("case", LORA_CASES, ids=lambda c: c["id"])
-def test_golden_lora_cases_on_cuda(models, case):
-    m = models["cuda_lora"]
-    prompt, kw = PROMPTS[case["prompt_index"]], generate_kwargs(case)
-    res = m.generate(prompt, **kw)
-    assert res.tokens == case["new_tokens"][: kw["max_new_tokens"]]
-    assert (res.nfe, res.accepted_per_cycle) == (case["nfe"], case["accepted_per_cycle"])
-    without = m.generate(prompt, **kw, use_lora=False)
-    assert (without.nfe, without.accepted_per_cycle) == (case["without_lora"]["nfe"],
-                                                        case["without_lora"]["accepted_per_cycle"])
-    assert without.tokens == res.tokens
-
-
-@pytest.mark.parametrize("prompt", [0, 3])
-def test_self_spec_equals_ar_on_cuda(models, prompt):
-    ar = models["cuda"].generate(PROMPTS[prompt], mode="ar", max_new_tokens=24).tokens
-    assert ar == models["cpu"].generate(PROMPTS[prompt], mode="ar", max_new_tokens=24).tokens
-    for name in ("cuda", "cuda_lora"):
-        for L in (3, 16):
-            got = models[name].generate(PROMPTS[prompt], mode="self_spec", max_new_tokens=24, block_length=L).tokens
-            assert got == ar, (name, L)
-
-
-@pytest.mark.parametrize("mode", ["ar", "diffusion", "self_spec"])
-def test_sampling_on_cuda_equals_cpu(models, mode):
-    kw = dict(mode=mode, max_new_tokens=12, temperature=0.8, seed=11)
-    if mode != "ar":
-        kw["block_length"] = 4
-    got = models["cuda"].generate(PROMPTS[2], **kw)
-    want = models["cpu"].generate(PROMPTS[2], **kw)
-    assert got.tokens == want.tokens and got.nfe == want.nfe
-    assert got.tokens != models["cpu"].generate(PROMPTS[2], **dict(kw, seed=12)).tokens   # the seed matters
-
-
-def test_bf16_model_on_cuda(tmp_path):
-    # A bf16 copy of the golden weights: CPU and CUDA compute from the same stored values.
-    from checkpoints import write_checkpoint
-    from safetensors.numpy import load_file
-    cfg = json.load(open(f"{GOLDEN_DIR}/config.json"))
-    d = write_checkpoint(tmp_path / "bf16", cfg, load_file(f"{GOLDEN_DIR}/model.safetensors"), dtype="BF16")
-    cpu, gpu = tridecode.load(d), tridecode.load(d, device="cuda")
-    _chunks_against_reference(d, cpu, gpu)
-    assert gpu.generate(PROMPTS[3], max_new_tokens=16).tokens == cpu.generate(PROMPTS[3], max_new_tokens=16).tokens
-
-
-def test_out_device_returns_a_cupy_array(models):
-    gpu, cpu = models["cuda"], models["cpu"]
-    if tridecode.cuda_emulated():
-        # cupy arrays live in a real GPU's memory: the emulated build says so instead of failing later.
-        with pytest.raises(ValueError, match="emulates CUDA"):
-            gpu.forward(PROMPTS[2], out="device")
-        return
-    if not REQUIRE_CUDA:
-        pytest.importorskip("cupy")
-    truth = ReferenceModel(GOLDEN_DIR)
-    gpu.reset()
-    cpu.reset()
-    dlog = gpu.forward(PROMPTS[2], out="device")
-    assert type(dlog).__module__.startswith("cupy")
-    assert_within(dlog.get(), truth.forward(PROMPTS[2]), cpu.forward(PROMPTS[2]))
-    # ops take the device array in place and return device arrays
-    idx, conf = ops.select(dlog, exclude_id=100)
-    assert type(idx).__module__.startswith("cupy")
-    np.testing.assert_array_equal(idx.get(), ops.select(dlog.get(), exclude_id=100)[0])
-
-
-def test_random_model_and_out_of_memory():
-    cfg = json.load(open(f"{GOLDEN_DIR}/config.json"))
-    m = tridecode.random_model(cfg, device="cuda", dtype="bfloat16", max_context=64)
-    res = m.generate([1, 2, 3], max_new_tokens=4)
-    assert len(res.tokens) == 4
-    huge = dict(cfg, max_position_embeddings=2**31 - 1)
-    with pytest.raises(MemoryError, match="out of device memory"):
-        tridecode.random_model(huge, device="cuda", max_context=2**31 - 1)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tridecode import reference as ref
+
 EPS32 = 2.0 ** -24          # fp32 unit roundoff
 FACTOR = 2.0
 FLOOR_ULPS = 4
@@ -50,17 +52,7 @@ def rope_angles(positions, inv_freq) -> np.ndarray:
 
 def rope64(x, positions, inv_freq, attention_factor=1.0, qscale_beta=0.0, qscale_length=16384, is_query=True):
     """Rotate-half RoPE in float64 on the spec's fp32 angles."""
-    x = np.asarray(x, np.float64)
-    ang = rope_angles(positions, inv_freq).astype(np.float64)
-    cos = np.cos(ang)[:, None, :] * attention_factor
-    sin = np.sin(ang)[:, None, :] * attention_factor
-    half = x.shape[-1] // 2
-    a, b = x[..., :half], x[..., half:]
-    out = np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
-    if is_query and qscale_beta:
-        s = 1.0 + qscale_beta * np.log1p(np.floor(np.asarray(positions, np.float64) / qscale_length))
-        out = out * s[:, None, None]
-    return out
+    return ref.rope(x, positions, inv_freq, attention_factor, qscale_beta, qscale_length, is_query, fp32_angles=True)
 
 
 # ---- naive fp32 implementations ----

@@ -431,14 +431,21 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
+namespace td_emu {
+namespace {
+template <class Handle>
+cudaError_t destroy(std::set<const void*>& live, Handle h, const char* api) {
   {
-    std::lock_guard<std::mutex> lock(td_emu::g_mem_mutex);
-    if (td_emu::g_streams.erase(s) == 0) return fail_call(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: unknown stream");
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    if (live.erase(h) == 0) return fail_call(cudaErrorInvalidResourceHandle, std::string(api) + ": unknown handle");
   }
-  delete s;
+  delete h;
   return cudaSuccess;
 }
+}  // namespace
+}  // namespace td_emu
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) { return td_emu::destroy(td_emu::g_streams, s, "cudaStreamDestroy"); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!td_emu::is_valid_stream(s)) return fail_call(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: unknown stream");
@@ -452,14 +459,7 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  {
-    std::lock_guard<std::mutex> lock(td_emu::g_mem_mutex);
-    if (td_emu::g_events.erase(e) == 0) return fail_call(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
-  }
-  delete e;
-  return cudaSuccess;
-}
+cudaError_t cudaEventDestroy(cudaEvent_t e) { return td_emu::destroy(td_emu::g_events, e, "cudaEventDestroy"); }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!td_emu::is_valid_stream(s)) return fail_call(cudaErrorInvalidResourceHandle, "cudaEventRecord: unknown stream");

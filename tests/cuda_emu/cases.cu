@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #define CHECK(x)                                                                                    \
@@ -228,50 +229,47 @@ int case_dynamic_shared() {
   return 0;
 }
 
-template <class T, class LA, class LB>
-__global__ void wmma_kernel(const T* a, const T* b, const float* c, float* d, int c_layout, int d_layout) {
+// D = 2 (A B + C) for one M x N x K tile; ld* follow the layouts (row major: the row length).
+template <class T, class LA, class LB, int M, int N, int K>
+__global__ void wmma_kernel(const T* a, const T* b, const float* c, float* d, int c_col, int d_col) {
   using namespace nvcuda;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LA> fa;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LB> fb;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
-  wmma::load_matrix_sync(fa, a, 16);
-  wmma::load_matrix_sync(fb, b, 16);
-  wmma::load_matrix_sync(fc, c, 16, c_layout ? wmma::mem_col_major : wmma::mem_row_major);
+  constexpr bool a_col = std::is_same<LA, wmma::col_major>::value, b_col = std::is_same<LB, wmma::col_major>::value;
+  wmma::fragment<wmma::matrix_a, M, N, K, T, LA> fa;
+  wmma::fragment<wmma::matrix_b, M, N, K, T, LB> fb;
+  wmma::fragment<wmma::accumulator, M, N, K, float> fc;
+  wmma::load_matrix_sync(fa, a, a_col ? M : K);
+  wmma::load_matrix_sync(fb, b, b_col ? K : N);
+  wmma::load_matrix_sync(fc, c, c_col ? M : N, c_col ? wmma::mem_col_major : wmma::mem_row_major);
   wmma::mma_sync(fc, fa, fb, fc);
   for (int i = 0; i < fc.num_elements; ++i) fc.x[i] *= 2.0f;
-  wmma::store_matrix_sync(d, fc, 16, d_layout ? wmma::mem_col_major : wmma::mem_row_major);
+  wmma::store_matrix_sync(d, fc, d_col ? M : N, d_col ? wmma::mem_col_major : wmma::mem_row_major);
 }
 
-template <class T, class LA, class LB>
-int run_wmma(bool a_col, bool b_col, int c_col, int d_col) {
-  std::vector<float> af(256), bf(256), cf(256);
-  for (int i = 0; i < 256; ++i) {
-    af[i] = static_cast<float>((i * 7) % 13) / 4.0f - 1.5f;
-    bf[i] = static_cast<float>((i * 5) % 11) / 8.0f - 0.5f;
-    cf[i] = static_cast<float>(i % 9) - 4.0f;
-  }
-  std::vector<T> at(256), bt(256);
-  for (int i = 0; i < 256; ++i) {
-    at[i] = T(af[i]);   // exact: small multiples of powers of two
-    bt[i] = T(bf[i]);
-  }
-  Buf<T> a(256), b(256);
-  Buf<float> c(256), d(256);
+template <class T, class LA, class LB, int M, int N, int K>
+int run_wmma(int c_col, int d_col) {
+  constexpr bool a_col = std::is_same<LA, nvcuda::wmma::col_major>::value;
+  constexpr bool b_col = std::is_same<LB, nvcuda::wmma::col_major>::value;
+  std::vector<float> af(M * K), bf(K * N), cf(M * N);
+  for (int i = 0; i < M * K; ++i) af[i] = static_cast<float>((i * 7) % 13) / 4.0f - 1.5f;   // exact in 16 bits
+  for (int i = 0; i < K * N; ++i) bf[i] = static_cast<float>((i * 5) % 11) / 8.0f - 0.5f;
+  for (int i = 0; i < M * N; ++i) cf[i] = static_cast<float>(i % 9) - 4.0f;
+  std::vector<T> at(af.begin(), af.end()), bt(bf.begin(), bf.end());
+  Buf<T> a(M * K), b(K * N);
+  Buf<float> c(M * N), d(M * N);
   a.put(at);
   b.put(bt);
   c.put(cf);
-  wmma_kernel<T, LA, LB><<<1, 32>>>(a.p, b.p, c.p, d.p, c_col, d_col);
+  wmma_kernel<T, LA, LB, M, N, K><<<1, 32>>>(a.p, b.p, c.p, d.p, c_col, d_col);
   CHECK(cudaGetLastError());
   const auto out = d.get();
-  // A[i][k] sits at a[i*16+k] (row major) or a[k*16+i]; B[k][j] at b[k*16+j] or b[j*16+k].
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) {
-      double s = c_col ? cf[j * 16 + i] : cf[i * 16 + j];
-      for (int k = 0; k < 16; ++k)
-        s += static_cast<double>(a_col ? af[k * 16 + i] : af[i * 16 + k]) * (b_col ? bf[j * 16 + k] : bf[k * 16 + j]);
-      const float got = d_col ? out[j * 16 + i] : out[i * 16 + j];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double s = c_col ? cf[j * M + i] : cf[i * N + j];
+      for (int k = 0; k < K; ++k)
+        s += static_cast<double>(a_col ? af[k * M + i] : af[i * K + k]) * (b_col ? bf[j * K + k] : bf[k * N + j]);
+      const float got = d_col ? out[j * M + i] : out[i * N + j];
       if (std::fabs(got - 2 * s) > 1e-4) {
-        std::printf("D[%d][%d] = %g, expected %g\n", i, j, got, 2 * s);
+        std::printf("%dx%dx%d: D[%d][%d] = %g, expected %g\n", M, N, K, i, j, got, 2 * s);
         return 1;
       }
     }
@@ -282,10 +280,12 @@ int case_wmma() {
   using nvcuda::wmma::col_major;
   using nvcuda::wmma::row_major;
   int bad = 0;
-  bad |= run_wmma<__half, row_major, col_major>(false, true, 0, 0);
-  bad |= run_wmma<__half, col_major, row_major>(true, false, 1, 0);
-  bad |= run_wmma<__nv_bfloat16, row_major, row_major>(false, false, 0, 1);
-  bad |= run_wmma<__nv_bfloat16, col_major, col_major>(true, true, 1, 1);
+  bad |= run_wmma<__half, row_major, col_major, 16, 16, 16>(0, 0);
+  bad |= run_wmma<__half, col_major, row_major, 16, 16, 16>(1, 0);
+  bad |= run_wmma<__nv_bfloat16, row_major, row_major, 16, 16, 16>(0, 1);
+  bad |= run_wmma<__nv_bfloat16, col_major, col_major, 16, 16, 16>(1, 1);
+  bad |= run_wmma<__nv_bfloat16, row_major, col_major, 32, 8, 16>(0, 1);
+  bad |= run_wmma<__half, col_major, row_major, 8, 32, 16>(1, 0);
   return bad;
 }
 

@@ -12,11 +12,18 @@ def matmul(x, w):
     return np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
 
 
-def rope(x, positions, inv_freq, attention_factor=1.0, qscale_beta=0.0, qscale_length=16384, is_query=True):
-    """x [n, heads, d]; rotate-half RoPE at absolute positions, then the llama-4 query scale."""
+def rope(x, positions, inv_freq, attention_factor=1.0, qscale_beta=0.0, qscale_length=16384, is_query=True,
+         fp32_angles=False):
+    """x [n, heads, d]; rotate-half RoPE at absolute positions, then the llama-4 query scale. fp32_angles:
+    the angles pos * inv_freq are rounded to float32 first, as the kernels (and the HF reference) compute
+    them; the rest stays float64."""
     x = np.asarray(x, np.float64)
-    pos = np.asarray(positions, np.float64)[:, None]
-    ang = pos * np.asarray(inv_freq, np.float64)[None, :]          # [n, d/2]
+    if fp32_angles:
+        ang = (np.asarray(positions).astype(np.float32)[:, None] * np.asarray(inv_freq, np.float32)[None, :])
+        ang = ang.astype(np.float32).astype(np.float64)
+    else:
+        pos = np.asarray(positions, np.float64)[:, None]
+        ang = pos * np.asarray(inv_freq, np.float64)[None, :]      # [n, d/2]
     cos = np.cos(ang)[:, None, :] * attention_factor
     sin = np.sin(ang)[:, None, :] * attention_factor
     half = x.shape[-1] // 2
