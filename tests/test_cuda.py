@@ -299,3 +299,30 @@ def test_every_kernel_and_path_runs():
     assert len(skinny) == 6, f"skinny matmul variants: {sorted(skinny)}"   # 3 weight dtypes x vector/scalar
     splits = {grid[1] for k, _, grid, *_ in log if k == "attention_split_kernel"}
     assert 1 in splits and max(splits) > 1, splits
+
+
+def test_emulator_settings_change_the_device():
+    if not tridecode.cuda_emulated():
+        pytest.skip("settings of the CUDA emulator")
+    import subprocess
+    import sys
+    script = (
+        "import json, numpy as np, tridecode\n"
+        "from tridecode import _C, ops\n"
+        "_C.cuda_emu.configure(record_launches=1)\n"
+        "q = np.ones((1, 2, 16), np.float32); kv = np.ones((2048, 1, 16), np.float32)\n"
+        "ops.attention(q, kv, kv, device='cuda')\n"
+        "splits = [g[1] for k, _, g, *_ in _C.cuda_emu.take_launches() if k == 'attention_split_kernel']\n"
+        "print(json.dumps([_C.cuda_device_name(0), _C.cuda_raw.memory_info()[1], splits[0]]))\n")
+    out = {}
+    for sms, mem in (("132", "8G"), ("1", "32M")):
+        env = dict(os.environ, TD_CUDA_EMU_SM_COUNT=sms, TD_CUDA_EMU_MEMORY=mem)
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        out[sms] = json.loads(p.stdout.splitlines()[-1])
+    assert "132 SMs" in out["132"][0] and "1 SMs" in out["1"][0]
+    assert out["132"][1] == 8 << 30 and out["1"][1] == 32 << 20
+    assert out["132"][2] == 8 and out["1"][2] == 2    # split-KV chunks: min(ceil(4 SMs / 2 pairs), 2048 / 256)
+    bad = subprocess.run([sys.executable, "-c", "import tridecode; tridecode._C.cuda_device_count()"],
+                         capture_output=True, text=True, env=dict(os.environ, TD_CUDA_EMU_SM_COUNT="many"))
+    assert bad.returncode != 0 and "TD_CUDA_EMU_SM_COUNT=many" in bad.stderr

@@ -295,3 +295,45 @@ def test_injected_kernel_bugs_are_caught(builds, name):
     exe = builds.driver(asan, (file, old, new), name.replace(" ", "-").replace("_", ""))
     p = run(exe, op)
     assert p.returncode != 0 and caught in p.stdout + p.stderr, p.stdout + p.stderr[-2000:]
+
+
+# ---- the rewriting build step ----
+
+def _rewriter():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("td_emu_rewrite", os.path.join(EMU, "rewrite.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.rewrite
+
+
+def test_rewrite_turns_launches_into_calls_and_keeps_lines():
+    rewrite = _rewriter()
+    src = ('  // k<<<1, 1>>>(x) in a comment stays\n'
+           '  const char* s = "k<<<1, 1>>>(x)";\n'
+           '  ns::kern<T, std::pair<int, int>><<<dim3(a, b), 128, smem,\n'
+           '      stream>>>(p, q,\n'
+           '                r);\n'
+           '  plain<<<n, 32>>>();\n')
+    out = rewrite(src)
+    assert out.count("\n") == src.count("\n")
+    assert '// k<<<1, 1>>>(x) in a comment stays' in out and '"k<<<1, 1>>>(x)"' in out
+    assert ('::td_emu::Launch("ns::kern<T, std::pair<int, int>>", __PRETTY_FUNCTION__, __FILE__, __LINE__, '
+            'dim3(a, b), 128, smem,\n      stream).run(ns::kern<T, std::pair<int, int>>, p, q,\n                r)') in out
+    assert '::td_emu::Launch("plain", __PRETTY_FUNCTION__, __FILE__, __LINE__, n, 32).run(plain)' in out
+
+
+def test_rewrite_notes_shared_arrays_and_launch_bounds():
+    rewrite = _rewriter()
+    src = ('__global__ void __launch_bounds__(kThreads, 2) k(float* x) {\n'
+           '  __shared__ __align__(32) float a[4][8], b[kN];\n'
+           '  extern __shared__ __align__(16) unsigned char dyn[];\n'
+           '}\n')
+    out = rewrite(src)
+    assert out.count("\n") == src.count("\n")
+    assert "{ ::td_emu::check_launch_bounds(static_cast<unsigned long long>(kThreads), TD_EMU_SITE);" in out
+    assert "(static_cast<void*>(&a), sizeof(a), TD_EMU_SITE);" in out
+    assert "(static_cast<void*>(&b), sizeof(b), TD_EMU_SITE);" in out
+    assert "unsigned char* const dyn = static_cast<unsigned char*>(::td_emu::dynamic_shared());" in out
+    with pytest.raises(SyntaxError):
+        rewrite("(*fp)<<<1, 1>>>();\n")
