@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -151,11 +152,13 @@ class PyModel {
     const int n = chunk_len(ids, logits_from);
     const size_t rows = n - logits_from, vocab = model_->config().vocab;
     py::array_t<float> logits({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(vocab)});
-    ForwardOutput out;
+    float* host = logits.mutable_data();
     Backend& be = model_->backend();
-    out.logits = be.is_device() ? out_logits_.as<float>(rows * vocab) : logits.mutable_data();
-    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
-    if (be.is_device()) be.download(logits.mutable_data(), out.logits, rows * vocab * sizeof(float));
+    run(ids, n, start_pos, causal, write_cache, logits_from, use_lora, [&](ForwardOutput& out) {
+      out.logits = be.is_device() ? out_logits_.as<float>(rows * vocab) : host;
+    }, [&](const ForwardOutput& out) {
+      if (be.is_device()) be.download(host, out.logits, rows * vocab * sizeof(float));
+    });
     return logits;
   }
 
@@ -164,9 +167,8 @@ class PyModel {
                     bool use_lora, uintptr_t out_ptr) {
     const int n = chunk_len(ids, logits_from);
     TD_CHECK(out_ptr != 0, "[forward] null output pointer");
-    ForwardOutput out;
-    out.logits = reinterpret_cast<float*>(out_ptr);
-    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
+    run(ids, n, start_pos, causal, write_cache, logits_from, use_lora,
+        [&](ForwardOutput& out) { out.logits = reinterpret_cast<float*>(out_ptr); }, [](const ForwardOutput&) {});
   }
 
   // The fused sampler head: (token ids [rows], confidences [rows]) instead of logits.
@@ -176,16 +178,19 @@ class PyModel {
     const size_t rows = n - logits_from;
     py::array_t<int32_t> idx(rows);
     py::array_t<float> conf(rows);
-    ForwardOutput out;
+    int32_t* host_idx = idx.mutable_data();
+    float* host_conf = conf.mutable_data();
     Backend& be = model_->backend();
-    out.idx = be.is_device() ? out_idx_.as<int32_t>(rows) : idx.mutable_data();
-    out.conf = be.is_device() ? out_conf_.as<float>(rows) : conf.mutable_data();
-    out.select = SelectParams{exclude_id, temperature, seed, stream};
-    run(ids, n, start_pos, causal, write_cache, logits_from, out, use_lora);
-    if (be.is_device()) {   // the only host traffic of a generate-loop forward: a few ids and confidences
-      be.download(idx.mutable_data(), out.idx, rows * sizeof(int32_t));
-      be.download(conf.mutable_data(), out.conf, rows * sizeof(float));
-    }
+    run(ids, n, start_pos, causal, write_cache, logits_from, use_lora, [&](ForwardOutput& out) {
+      out.idx = be.is_device() ? out_idx_.as<int32_t>(rows) : host_idx;
+      out.conf = be.is_device() ? out_conf_.as<float>(rows) : host_conf;
+      out.select = SelectParams{exclude_id, temperature, seed, stream};
+    }, [&](const ForwardOutput& out) {
+      if (be.is_device()) {   // the only host traffic of a generate-loop forward: a few ids and confidences
+        be.download(host_idx, out.idx, rows * sizeof(int32_t));
+        be.download(host_conf, out.conf, rows * sizeof(float));
+      }
+    });
     return py::make_tuple(idx, conf);
   }
 
@@ -200,18 +205,38 @@ class PyModel {
       lora_owners_.push_back(bb);
     }
     TD_CHECK(a.size() == b.size(), "[lora] ", a.size(), " A matrices but ", b.size(), " B matrices");
+    std::lock_guard<std::mutex> lock(*mutex_);   // with the GIL: no holder of the mutex waits for it
     model_->set_lora(av, bv, scale);
     if (av.empty()) lora_owners_.clear();
   }
   bool has_lora() const { return model_->has_lora(); }
 
-  int cache_length() const { return model_->cache().length(); }
-  int64_t backend_bytes() const { return model_->backend_bytes(); }
+  // Runs fn under the model's mutex with the GIL released: one native call at a time per model, whatever
+  // Python thread makes it (the GIL is dropped before waiting, so waiting never blocks other threads, and
+  // the mutex is released before the GIL is taken back).
+  template <class Fn>
+  auto locked(Fn&& fn) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(*mutex_);
+    return fn();
+  }
+
+  int cache_length() {
+    return locked([&] { return model_->cache().length(); });
+  }
+  int64_t backend_bytes() {
+    return locked([&] { return model_->backend_bytes(); });
+  }
   std::string device() const { return model_->backend().is_device() ? "cuda" : "cpu"; }
   int capacity() const { return model_->cache().capacity(); }
   int64_t cache_bytes() const { return model_->cache().bytes(); }
-  void reset() { model_->cache().reset(); }
-  void crop(int n) { model_->cache().crop(n); }
+  void reset() {
+    locked([&] { model_->cache().reset(); });
+  }
+  void crop(int64_t n) {
+    TD_CHECK(n >= 0 && n <= INT32_MAX, "[kv_cache] cannot crop to ", n, " tokens");
+    locked([&] { model_->cache().crop(static_cast<int>(n)); });
+  }
 
  private:
   int chunk_len(const IdArray& ids, int& logits_from) const {
@@ -223,16 +248,24 @@ class PyModel {
     return n;
   }
 
+  // One forward under the model's mutex: place() points the outputs (into the model's device buffers,
+  // which the mutex guards, or host memory), fetch() copies device outputs out before the mutex goes.
+  template <class Place, class Fetch>
   void run(const IdArray& ids, int n, int64_t start_pos, bool causal, bool write_cache, int logits_from,
-           const ForwardOutput& out, bool use_lora) {
-    if (start_pos < 0) start_pos = model_->cache().length();
+           bool use_lora, Place&& place, Fetch&& fetch) {
     const int32_t* idp = ids.data();
-    py::gil_scoped_release release;
-    model_->forward(idp, n, start_pos, causal ? AttnMode::Causal : AttnMode::Bidirectional, write_cache,
-                    logits_from, out, use_lora);
+    locked([&] {
+      ForwardOutput out;
+      place(out);
+      const int64_t start = start_pos < 0 ? model_->cache().length() : start_pos;
+      model_->forward(idp, n, start, causal ? AttnMode::Causal : AttnMode::Bidirectional, write_cache,
+                      logits_from, out, use_lora);
+      fetch(out);
+    });
   }
 
   PyModel() = default;
+  std::unique_ptr<std::mutex> mutex_ = std::make_unique<std::mutex>();
   std::vector<py::array> owners_, lora_owners_;
   std::unique_ptr<Model> model_;
   Buffer out_logits_, out_idx_, out_conf_;   // device outputs before download (device backends only)
@@ -251,6 +284,14 @@ py::tuple idx_conf(int n, Fn&& fn) {
   }
   return py::make_tuple(idx, conf);
 }
+
+// The CUDA backend for one op called from Python, with its shared-state mutex held for the whole
+// expression (a temporary: `CudaCall().be.attention(p)`), so ops from other threads cannot interleave.
+struct CudaCall {
+  Backend& be = td::cuda::backend();
+  std::unique_lock<std::mutex> lock =
+      be.shared_state_mutex() ? std::unique_lock<std::mutex>(*be.shared_state_mutex()) : std::unique_lock<std::mutex>();
+};
 
 void check_rows(const py::array& a, int64_t cols, const char* op, const char* what) {
   TD_CHECK(a.ndim() == 2, "[", op, "] ", what, " must be 2-D, got ", a.ndim(), "-D");
@@ -444,14 +485,14 @@ PYBIND11_MODULE(_C, m) {
     return w;
   };
   cu.def("rms_norm", [=](uintptr_t x, uintptr_t w, int code, uintptr_t out, int n, int dim, float eps) {
-    td::cuda::backend().rms_norm(fptr(x), wview(w, code, 1, dim), n, dim, eps, fptr(out));
+    CudaCall().be.rms_norm(fptr(x), wview(w, code, 1, dim), n, dim, eps, fptr(out));
   });
   cu.def("matmul", [=](uintptr_t x, int m, uintptr_t w, int code, int64_t n, int64_t k, uintptr_t out) {
-    td::cuda::backend().matmul(fptr(x), m, wview(w, code, n, k), fptr(out));
+    CudaCall().be.matmul(fptr(x), m, wview(w, code, n, k), fptr(out));
   });
   cu.def("rope", [=](uintptr_t x, int n, int heads, int head_dim, uintptr_t positions, const py::dict& rope_cfg,
                      bool is_query) {
-    td::cuda::backend().rope(fptr(x), n, heads, head_dim, reinterpret_cast<const int64_t*>(positions),
+    CudaCall().be.rope(fptr(x), n, heads, head_dim, reinterpret_cast<const int64_t*>(positions),
                              rope_from(rope_cfg), is_query);
   });
   cu.def("attention", [=](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int n_q, int kv_len, int heads,
@@ -461,45 +502,45 @@ PYBIND11_MODULE(_C, m) {
     p.n_q = n_q; p.kv_len = kv_len; p.heads = heads; p.kv_heads = kv_heads; p.head_dim = head_dim;
     p.kv_token_stride = static_cast<int64_t>(kv_heads) * head_dim; p.kv_head_stride = head_dim;
     p.scale = scale; p.causal = causal;
-    td::cuda::backend().attention(p);
+    CudaCall().be.attention(p);
   });
   cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n) {
-    td::cuda::backend().swiglu(fptr(g), fptr(u), n, fptr(out));
+    CudaCall().be.swiglu(fptr(g), fptr(u), n, fptr(out));
   });
   cu.def("select", [=](uintptr_t logits, int n, int vocab, int exclude_id, float temperature, uint64_t seed,
                        uint64_t stream, uintptr_t idx, uintptr_t conf) {
-    td::cuda::backend().select(fptr(logits), n, vocab, SelectParams{exclude_id, temperature, seed, stream},
+    CudaCall().be.select(fptr(logits), n, vocab, SelectParams{exclude_id, temperature, seed, stream},
                                reinterpret_cast<int32_t*>(idx), fptr(conf));
   });
   cu.def("head_select", [=](uintptr_t x, int n, uintptr_t w, int code, int64_t vocab, int64_t hidden, int exclude_id,
                             float temperature, uint64_t seed, uint64_t stream, uintptr_t idx, uintptr_t conf) {
-    td::cuda::backend().head_select(fptr(x), n, wview(w, code, vocab, hidden),
+    CudaCall().be.head_select(fptr(x), n, wview(w, code, vocab, hidden),
                                     SelectParams{exclude_id, temperature, seed, stream},
                                     reinterpret_cast<int32_t*>(idx), fptr(conf));
   });
   cu.def("select_commits", [=](uintptr_t conf, uintptr_t masked, int L, float threshold, int k, uintptr_t commit) {
-    return td::cuda::backend().select_commits(fptr(conf), reinterpret_cast<const uint8_t*>(masked), L, threshold,
+    return CudaCall().be.select_commits(fptr(conf), reinterpret_cast<const uint8_t*>(masked), L, threshold,
                                               k, reinterpret_cast<uint8_t*>(commit));
   });
   cu.def("accept_length", [=](uintptr_t draft, uintptr_t target, int L) {
-    return td::cuda::backend().accept_length(reinterpret_cast<const int32_t*>(draft),
+    return CudaCall().be.accept_length(reinterpret_cast<const int32_t*>(draft),
                                              reinterpret_cast<const int32_t*>(target), L);
   });
   cu.def("kv_write", [=](uintptr_t cache, uintptr_t chunk, int n, int kv_heads, int head_dim, int64_t row0,
                          int64_t head_stride) {
-    td::cuda::backend().kv_write(fptr(cache), fptr(chunk), n, kv_heads, head_dim, row0, head_stride);
+    CudaCall().be.kv_write(fptr(cache), fptr(chunk), n, kv_heads, head_dim, row0, head_stride);
   });
   cu.def("embed", [=](uintptr_t table, int code, int64_t rows, int64_t cols, uintptr_t ids, int n, uintptr_t out) {
-    td::cuda::backend().embed(wview(table, code, rows, cols), reinterpret_cast<const int32_t*>(ids), n, fptr(out));
+    CudaCall().be.embed(wview(table, code, rows, cols), reinterpret_cast<const int32_t*>(ids), n, fptr(out));
   });
   cu.def("add_rms_norm", [=](uintptr_t x, uintptr_t y, uintptr_t w, int code, uintptr_t out, int n, int dim,
                              float eps) {
-    td::cuda::backend().add_rms_norm(fptr(x), fptr(y), wview(w, code, 1, dim), n, dim, eps, fptr(out));
+    CudaCall().be.add_rms_norm(fptr(x), fptr(y), wview(w, code, 1, dim), n, dim, eps, fptr(out));
   });
   cu.def("rope_kv_append", [=](uintptr_t q, uintptr_t k, uintptr_t v, int n, int heads, int kv_heads, int head_dim,
                                uintptr_t positions, const py::dict& rope_cfg, uintptr_t cache_k, uintptr_t cache_v,
                                int64_t row0, int64_t head_stride) {
-    td::cuda::backend().rope_kv_append(fptr(q), fptr(k), fptr(v), n, heads, kv_heads, head_dim,
+    CudaCall().be.rope_kv_append(fptr(q), fptr(k), fptr(v), n, heads, kv_heads, head_dim,
                                        reinterpret_cast<const int64_t*>(positions), rope_from(rope_cfg),
                                        fptr(cache_k), fptr(cache_v), row0, head_stride);
   });

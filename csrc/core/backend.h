@@ -2,6 +2,7 @@
 // weights stay in their stored dtype (WeightView). The model calls only these ops.
 #pragma once
 #include <cstdint>
+#include <mutex>
 
 #include "core/attention_params.h"
 #include "core/config.h"
@@ -17,6 +18,9 @@ class Backend {
 
   // ---- memory: every pointer an op takes lives in this backend's memory ----
   virtual bool is_device() const { return false; }    // false: backend memory is host memory
+  // A backend that keeps state shared by all its callers (the CUDA backend's scratch buffers) returns the
+  // mutex to hold around a sequence of ops (a forward); a stateless one (the CPU backend) returns null.
+  virtual std::mutex* shared_state_mutex() { return nullptr; }
   virtual void* alloc(size_t bytes) = 0;               // throws td::OutOfMemory
   virtual void free(void* p) = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;

@@ -140,6 +140,8 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
     TD_CHECK(ids[i] >= 0 && ids[i] < c.vocab, "[forward] token id ", ids[i], " at index ", i,
              " is outside the vocabulary [0, ", c.vocab, ")");
   cache_.check_room(n);
+  std::unique_lock<std::mutex> backend_lock;   // other models may use the same backend from other threads
+  if (std::mutex* m = backend_.shared_state_mutex()) backend_lock = std::unique_lock<std::mutex>(*m);
 
   const int64_t H = c.hidden, QD = c.q_dim(), KD = c.kv_dim(), I = c.intermediate;
   float* x = x_.as<float>(n * H);

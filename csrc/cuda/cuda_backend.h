@@ -12,6 +12,7 @@ class CudaBackend final : public Backend {
   CudaBackend();
   const char* name() const override { return "cuda"; }
   bool is_device() const override { return true; }
+  std::mutex* shared_state_mutex() override { return &mutex_; }
   void* alloc(size_t bytes) override;
   void free(void* p) override;
   void upload(void* dst, const void* src, size_t bytes) override;
@@ -42,6 +43,7 @@ class CudaBackend final : public Backend {
   int accept_length(const int32_t* draft, const int32_t* target, int L) override;
 
  private:
+  std::mutex mutex_;        // held around ops from different threads: they share the scratch below
   int sm_count_ = 1;
   Buffer scratch_logits_;   // head_select: [n, vocab] logits kept on the device
   Buffer scratch_partial_;  // attention split-KV partials and select per-split statistics

@@ -10,3 +10,7 @@ NativeError = _C.TridecodeError
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, malformed or inconsistent. The message names the file and key/tensor."""
+
+
+class ArgumentTypeError(ValueError, TypeError):
+    """An argument of the wrong type: a ValueError like every bad input, and a TypeError."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
+import threading
 
 import numpy as np
 
 from . import _C
+from . import _check as check
 from .config import ModelConfig
+from .errors import ArgumentTypeError
 from .generate import ar_generate, diffusion_generate, self_spec_generate
 from .result import GenerateResult
 from .sampling import Sampler, SamplingParams
@@ -17,11 +21,31 @@ _MODE_ALIASES = {"self-spec": "self_spec", "selfspec": "self_spec", "spec": "sel
 _DEFAULT = object()   # distinguishes "threshold not given" from threshold=None (the fixed schedule)
 
 
+def _is_zero(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == 0
+
+
+def _locked(method):
+    """Runs the method under the model's lock (see Model.lock)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class Model:
-    """A loaded checkpoint with its own KV cache. Create it with `tridecode.load`."""
+    """A loaded checkpoint with its own KV cache. Create it with `tridecode.load`.
+
+    Thread safety: a model may be shared between threads. Every call that touches its state (forward,
+    generate, crop, reset, LoRA, cache queries) holds `model.lock`, a reentrant lock, for its whole
+    duration, so calls from different threads run one after another, each on a consistent cache; a whole
+    generate() is one such call. Hold `with model.lock:` yourself to make a sequence of calls atomic (for
+    example reset() then forward()). Different models run in parallel."""
 
     def __init__(self, native, config: ModelConfig, weights: dict, *, directory: str, tokenizer=None,
                  tied: bool = False, device: str = "cpu"):
+        self.lock = threading.RLock()
         self._native = native
         self._weights = weights          # keeps the memory maps alive for the native views
         self.config = config
@@ -32,16 +56,18 @@ class Model:
         self.lora = None               # the attached LoraAdapter, if any
 
     # ---- LoRA drafter ----
+    @_locked
     def attach_lora(self, path) -> None:
+        """Attaches a PEFT LoRA adapter on o_proj (the self-speculation drafter), used by draft passes only."""
         if path is None:
             raise ValueError("attach_lora: give the adapter directory (use detach_lora() to remove one)")
-        """Attaches a PEFT LoRA adapter on o_proj (the self-speculation drafter), used by draft passes only."""
         from .lora import load_adapter
 
-        adapter = load_adapter(path, self.config)
+        adapter = load_adapter(check.path("attach_lora: path", path), self.config)
         self._native.set_lora(adapter.a, adapter.b, adapter.scale)
         self.lora = adapter
 
+    @_locked
     def detach_lora(self) -> None:
         self._native.set_lora([], [], 0.0)
         self.lora = None
@@ -50,20 +76,23 @@ class Model:
     @property
     def cache_length(self) -> int:
         """Number of committed tokens in the KV cache."""
-        return self._native.cache_length
+        with self.lock:
+            return self._native.cache_length
 
     @property
     def max_context(self) -> int:
         """KV-cache capacity in tokens."""
         return self._native.capacity
 
+    @_locked
     def reset(self) -> None:
         """Empties the KV cache."""
         self._native.reset()
 
+    @_locked
     def crop(self, length: int) -> None:
-        """Rolls the cache back to its first `length` tokens."""
-        self._native.crop(int(length))
+        """Rolls the cache back to its first `length` tokens (0 <= length <= cache_length)."""
+        self._native.crop(check.integer("crop: length", length, 0, self._native.cache_length))
 
     def check_room(self, tokens: int) -> None:
         if self.cache_length + tokens > self.max_context:
@@ -83,14 +112,14 @@ class Model:
     # ---- forward ----
     def _ids(self, token_ids, what: str = "token_ids", allow_mask: bool = True) -> np.ndarray:
         if isinstance(token_ids, (str, bytes)):
-            raise TypeError(f"{what} must be a sequence of integer token ids, got {type(token_ids).__name__}")
-        arr = np.asarray(token_ids)
+            raise ArgumentTypeError(f"{what} must be a sequence of integer token ids, got {type(token_ids).__name__}")
+        arr = check.array(what, token_ids)
         if arr.ndim != 1:
             raise ValueError(f"{what} must be 1-D, got shape {list(arr.shape)}")
         if arr.size == 0:
             raise ValueError(f"{what} is empty")
         if arr.dtype.kind not in "iu":
-            raise ValueError(f"{what} must hold integers, got dtype {arr.dtype}")
+            raise ArgumentTypeError(f"{what} must hold integers, got dtype {arr.dtype}")
         bad = (arr < 0) | (arr >= self.config.vocab_size)
         if bad.any():
             i = int(np.argmax(bad))
@@ -102,6 +131,7 @@ class Model:
             raise ValueError(f"{what}[{i}] is the mask token id {mask}, which a prompt may not contain")
         return arr.astype(np.int32)
 
+    @_locked
     def forward(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
                 start_pos: int | None = None, logits: str = "all", use_lora: bool = False, out: str = "host"):
         """Runs a chunk of tokens over the cached context and returns logits as float32 numpy.
@@ -118,6 +148,7 @@ class Model:
         ids, start, causal, write_cache = self._check_forward(token_ids, mode, write_cache, start_pos, logits,
                                                               use_lora)
         last = -1 if logits == "last" else 0
+        check.one_of("forward: out", out, ("host", "device"))
         if out == "host":
             return self._native.forward(ids, start, causal, write_cache, last, bool(use_lora))
         if out != "device":
@@ -132,6 +163,7 @@ class Model:
         self._native.forward_into(ids, start, causal, write_cache, last, bool(use_lora), int(result.data.ptr))
         return result
 
+    @_locked
     def forward_select(self, token_ids, mode: str = "causal", write_cache: bool | None = None,
                        start_pos: int | None = None, logits: str = "all", use_lora: bool = False,
                        temperature: float = 0.0, seed: int = 0, stream: int = 0):
@@ -140,35 +172,38 @@ class Model:
         (seed, stream, row, token). The mask token is never chosen."""
         ids, start, causal, write_cache = self._check_forward(token_ids, mode, write_cache, start_pos, logits,
                                                               use_lora)
+        temperature = check.real("forward_select: temperature", temperature, 0.0)
+        seed = check.seed("forward_select: seed", seed)
+        stream = check.seed("forward_select: stream", stream)
         exclude = -1 if self.config.mask_token_id is None else self.config.mask_token_id
         return self._native.forward_select(ids, start, causal, write_cache, -1 if logits == "last" else 0,
-                                           bool(use_lora), exclude, float(temperature), int(seed) & (2**64 - 1),
-                                           int(stream))
+                                           use_lora, exclude, temperature, seed, stream)
 
     def _check_forward(self, token_ids, mode, write_cache, start_pos, logits, use_lora):
-        if mode not in ("causal", "bidirectional"):
-            raise ValueError(f"forward: mode must be 'causal' or 'bidirectional', got {mode!r}")
-        causal = mode == "causal"
-        if write_cache is None:
-            write_cache = causal
+        causal = check.one_of("forward: mode", mode, ("causal", "bidirectional")) == "causal"
+        write_cache = causal if write_cache is None else check.flag("forward: write_cache", write_cache)
         if write_cache and not causal:
             raise ValueError("forward: a bidirectional forward cannot write the cache")
-        if logits not in ("all", "last"):
-            raise ValueError(f"forward: logits must be 'all' or 'last', got {logits!r}")
-        if start_pos is None:
-            start = -1
-        elif isinstance(start_pos, numbers.Integral) and not isinstance(start_pos, bool) and start_pos >= 0:
-            start = int(start_pos)
-        else:
-            raise ValueError(f"forward: start_pos must be None or an integer >= 0, got {start_pos!r}")
+        check.one_of("forward: logits", logits, ("all", "last"))
+        use_lora = check.flag("forward: use_lora", use_lora)
         if use_lora and self.lora is None:
             raise ValueError("forward: use_lora=True but no LoRA adapter is attached")
         ids = self._ids(token_ids)
+        max_pos = self.config.max_position_embeddings
+        if start_pos is None:
+            start = -1
+            if self._native.cache_length + ids.size > max_pos:
+                raise ValueError(f"forward: positions up to {self._native.cache_length + ids.size} exceed the "
+                                 f"model's max_position_embeddings ({max_pos})")
+        else:
+            start = check.integer("forward: start_pos", start_pos, 0, max_pos - ids.size)
         self.check_room(ids.size)
-        return ids, start, causal, bool(write_cache)
+        return ids, start, causal, write_cache
 
     # ---- text ----
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ArgumentTypeError(f"encode: text must be a str, got {type(text).__name__}")
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: the checkpoint has no tokenizer.json; pass token ids instead")
         return self.tokenizer.encode(text)
@@ -176,18 +211,19 @@ class Model:
     def decode(self, ids) -> str:
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: the checkpoint has no tokenizer.json")
-        return self.tokenizer.decode(ids)
+        arr = check.array("decode: ids", ids)
+        if arr.size == 0:
+            return ""
+        return self.tokenizer.decode(self._ids(arr, "decode: ids").tolist())
 
     # ---- generation ----
     def _eos_ids(self, eos_token_id) -> frozenset:
         if eos_token_id is None:
             return frozenset(self.config.eos_token_ids)
         ids = eos_token_id if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
-        for e in ids:
-            if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < self.config.vocab_size:
-                raise ValueError(f"eos_token_id {e!r} is not a token id in [0, {self.config.vocab_size})")
-        return frozenset(int(e) for e in ids)
+        return frozenset(check.integer("generate: eos_token_id", e, 0, self.config.vocab_size - 1) for e in ids)
 
+    @_locked
     def generate(self, prompt, mode: str = "ar", max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_token_id=None, block_length: int | None = None, threshold=_DEFAULT,
@@ -212,10 +248,8 @@ class Model:
             mode = _MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ValueError(f"generate: unknown mode {mode!r} (available: {', '.join(MODES)})")
-        if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral)
-                or max_new_tokens < 1):
-            raise ValueError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        max_new_tokens = int(max_new_tokens)
+        max_new_tokens = check.integer("generate: max_new_tokens", max_new_tokens, 1)
+        on_tokens = check.callback("generate: on_tokens", on_tokens)
         text_in = isinstance(prompt, str)
         ids = self._ids(self.encode(prompt) if text_in else prompt, "prompt", allow_mask=False)
         params = SamplingParams(temperature, top_k, top_p, seed)
@@ -229,7 +263,7 @@ class Model:
                 bad = next(n for n, v in (("block_length", block_length), ("steps", steps), ("use_lora", use_lora))
                            if v is not None)
                 raise ValueError(f"generate: {bad} applies to diffusion / self_spec, not mode 'ar'")
-            if threshold is not _DEFAULT or draft_threshold:
+            if threshold is not _DEFAULT or not _is_zero(draft_threshold):
                 raise ValueError("generate: threshold / draft_threshold apply to diffusion / self_spec, not 'ar'")
             result = ar_generate(self, ids, max_new_tokens, self._ar_picker(params, seed), eos, on_tokens)
         else:
@@ -270,39 +304,34 @@ class Model:
         if top_k is not None or top_p is not None:
             raise ValueError(f"generate: top_k / top_p apply to mode 'ar' only; {mode} samples with "
                              "Gumbel-max at the given temperature")
-        L = 32 if block_length is None else block_length
-        if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L < 2:
-            raise ValueError(f"generate: block_length must be an integer >= 2, got {block_length!r}")
-        return int(L)
+        if block_length is None:
+            return 32
+        return check.integer("generate: block_length", block_length, 2, self.max_context)
 
     @staticmethod
     def _diffusion_schedule(L, threshold, steps, use_lora, draft_threshold):
         """(threshold or None for the fixed schedule, denoising steps of the fixed schedule)."""
-        if use_lora is not None or draft_threshold:
+        if use_lora is not None or not _is_zero(draft_threshold):
             raise ValueError("generate: use_lora / draft_threshold apply to self_spec, not diffusion")
         thr = 0.9 if threshold is _DEFAULT else threshold
-        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, numbers.Real) or not 0 < thr <= 1):
-            raise ValueError(f"generate: threshold must be in (0, 1] or None, got {thr!r}")
+        if thr is not None:
+            thr = check.real("generate: threshold", thr, 0.0, 1.0, lo_open=True)
         if steps is not None and thr is not None:
             raise ValueError("generate: steps applies to the fixed schedule (threshold=None) only")
-        n_steps = L - 1 if steps is None else steps
-        if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= L - 1:
-            raise ValueError(f"generate: steps must be an integer in [1, block_length - 1 = {L - 1}], got {steps!r}")
-        return (None if thr is None else float(thr)), int(n_steps)
+        n_steps = L - 1 if steps is None else check.integer("generate: steps", steps, 1, L - 1)
+        return thr, n_steps
 
     def _self_spec_drafting(self, threshold, steps, draft_threshold, use_lora):
         """(draft threshold, whether drafts use the LoRA)."""
         if threshold is not _DEFAULT or steps is not None:
             raise ValueError("generate: threshold / steps apply to diffusion; self_spec takes draft_threshold")
-        dt = draft_threshold
-        if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not 0 <= dt <= 1:
-            raise ValueError(f"generate: draft_threshold must be in [0, 1], got {draft_threshold!r}")
-        if use_lora is not None and not isinstance(use_lora, (bool, np.bool_)):
-            raise ValueError(f"generate: use_lora must be True, False or None, got {use_lora!r}")
+        dt = check.real("generate: draft_threshold", draft_threshold, 0.0, 1.0)
+        if use_lora is not None:
+            use_lora = check.flag("generate: use_lora", use_lora)
         if use_lora and self.lora is None:
             raise ValueError("generate: use_lora=True but no LoRA adapter is attached "
                              "(tridecode.load(..., lora=PATH) or model.attach_lora(PATH))")
-        return float(dt), (self.lora is not None if use_lora is None else bool(use_lora))
+        return dt, (self.lora is not None if use_lora is None else use_lora)
 
     def __repr__(self) -> str:
         c = self.config

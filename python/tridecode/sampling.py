@@ -3,13 +3,12 @@ The mask id of a tri-mode model is never selected."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _C
+from . import _check as check
 
 
 @dataclass(frozen=True)
@@ -20,17 +19,12 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral)
-                                       or self.top_k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {self.top_k!r}")
-        p = self.top_p
-        if p is not None and (isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1):
-            raise ValueError(f"top_p must be None or in (0, 1], got {p!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
-            raise ValueError(f"seed must be None or an integer, got {self.seed!r}")
+        check.real("temperature", self.temperature, 0.0)
+        check.optional_integer("top_k", self.top_k, 1)
+        if self.top_p is not None:
+            check.real("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        if self.seed is not None:
+            check.seed("seed", self.seed)
 
 
 class Sampler:
@@ -51,9 +45,12 @@ class Sampler:
 def filtered_probs(logits: np.ndarray, params: SamplingParams, exclude_id: int = -1) -> np.ndarray:
     """softmax(logits / T) restricted to top-k then top-p, renormalised (float64). Used by the sampler and
     by the statistical tests."""
-    z = logits.astype(np.float64) / params.temperature
+    with np.errstate(over="ignore"):
+        z = logits.astype(np.float64) / params.temperature
     if exclude_id >= 0:
         z[exclude_id] = -np.inf
+    if np.isinf(z.max()):   # a temperature so small that the logits overflow: the limit is greedy
+        z = np.where(z == z.max(), 0.0, -np.inf)
     if params.top_k is not None and params.top_k < z.size:
         kth = np.partition(z, -params.top_k)[-params.top_k]
         z[z < kth] = -np.inf
