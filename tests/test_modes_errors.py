@@ -368,7 +368,7 @@ ADAPTER_CASES = {
     "modules_to_save": (_edit_config(modules_to_save=["lm_head"]), CFG, r"'modules_to_save' is not supported"),
     "rslora_string": (_edit_config(use_rslora="false"), CFG, r"'use_rslora' must be true or false"),
     "config_is_a_directory": (lambda d: (os.remove(os.path.join(d, CFG)), os.mkdir(os.path.join(d, CFG))), CFG,
-                              r"cannot be read"),
+                              r"is a directory, not a regular file"),
     "nan_weights": (_edit_tensors(lambda t: t[lora_name(0, "lora_B")].__setitem__((3, 1), np.nan)), ST,
                     r"NaN or infinite"),
 }

@@ -46,7 +46,7 @@ class Arg:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def describe(a) -> Arg:
+def describe(a, name: str = "array") -> Arg:
     """Shape and dtype of a numpy or device array (device arrays are not copied)."""
     if is_device_array(a):
         if _C.cuda_emulated():
@@ -66,7 +66,8 @@ def describe(a) -> Arg:
             if tuple(strides) != tuple(want) and int(np.prod(shape)) > 1:
                 raise ValueError("device arrays must be C-contiguous")
         return Arg(shape, dtype, obj=a, ptr=int(iface["data"][0]))
-    arr = np.asarray(a)
+    from ._check import array
+    arr = a if isinstance(a, np.ndarray) else array(name, a)
     return Arg(arr.shape, arr.dtype, host=arr)
 
 

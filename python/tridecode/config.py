@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
+from . import _files
 from .errors import CheckpointError
 
 #: model_type -> (tensor prefix, head tensor name or None when tied, whether the llama-4 query scale applies)
@@ -66,30 +66,54 @@ def _err(msg: str) -> CheckpointError:
     return CheckpointError(f"config.json: {msg}")
 
 
-def _int(d: dict, key: str, *, default=None, minimum: int = 1) -> int:
+#: Bounds on the integers of config.json: far above any real model, and within what the native core takes
+#: (32-bit sizes, positions), so nothing is allocated or looped over for an absurd value.
+INT32_MAX = 2**31 - 1
+LIMITS = {
+    "hidden_size": 1 << 20, "intermediate_size": 1 << 22, "num_hidden_layers": 4096, "num_attention_heads": 4096,
+    "num_key_value_heads": 4096, "head_dim": 4096, "vocab_size": INT32_MAX, "max_position_embeddings": INT32_MAX,
+    "original_max_position_embeddings": INT32_MAX, "block_size": 1 << 20,
+}
+MAX_FLOAT = 1e12   # rope_theta, factor, betas, mscale: beyond this nothing is meaningful
+
+
+def _show(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _int(d: dict, key: str, *, default=None, minimum: int = 1, maximum: int | None = None) -> int:
     if key not in d or d[key] is None:
         if default is None:
             raise _err(f"missing key '{key}'")
         return default
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _err(f"'{key}' must be an integer, got {v!r}")
-    if v < minimum:
-        raise _err(f"'{key}' must be >= {minimum}, got {v}")
+        raise _err(f"'{key}' must be an integer, got {_show(v)}")
+    maximum = LIMITS.get(key.rsplit(".", 1)[-1], INT32_MAX) if maximum is None else maximum
+    if v < minimum or v > maximum:
+        raise _err(f"'{key}' must be an integer in [{minimum}, {maximum}], got {_show(v)}")
     return v
 
 
-def _float(d: dict, key: str, *, default=None, positive: bool = True, where: str = "") -> float:
+def _float(d: dict, key: str, *, default=None, positive: bool = True, where: str = "",
+           maximum: float = MAX_FLOAT) -> float:
     if key not in d or d[key] is None:
         if default is None:
             raise _err(f"missing key '{where}{key}'")
         return default
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _err(f"'{where}{key}' must be a finite number, got {v!r}")
-    if positive and v <= 0:
-        raise _err(f"'{where}{key}' must be positive, got {v}")
-    return float(v)
+    ok = not isinstance(v, bool) and isinstance(v, (int, float))
+    if ok:
+        try:
+            f = float(v)
+        except OverflowError:
+            ok = False
+    if not ok or not math.isfinite(f) or abs(f) > maximum:
+        raise _err(f"'{where}{key}' must be a finite number of magnitude at most {maximum:g}, got {_show(v)}")
+    if positive and f <= 0:
+        raise _err(f"'{where}{key}' must be positive, got {_show(v)}")
+    return f
 
 
 def _opt_float(params: dict, key: str, where: str, default=None, positive: bool = True):
@@ -143,6 +167,21 @@ def _rope(d: dict, model_type: str, max_pos: int) -> RopeConfig:
     )
 
 
+def _check_rope_frequencies(rope: RopeConfig, head_dim: int) -> None:
+    """The rotary frequencies the parameters imply must be finite (they are computed at load)."""
+    import numpy as np
+
+    from .rope import inv_freq
+    try:
+        with np.errstate(all="ignore"):
+            freqs, factor = inv_freq(rope, head_dim)
+        ok = bool(np.isfinite(freqs).all()) and math.isfinite(factor)
+    except (ArithmeticError, ValueError):
+        ok = False
+    if not ok:
+        raise _err(f"the rope parameters ({rope}) give non-finite rotary frequencies")
+
+
 def _bool(d: dict, key: str, default: bool, where: str = "") -> bool:
     v = d.get(key, default)
     if v is None:
@@ -191,6 +230,9 @@ def parse_config(d: dict) -> ModelConfig:
     mask = d.get("mask_token_id")
     if model_type == "nemotron_labs_diffusion" and mask is None:
         raise _err("missing key 'mask_token_id' (required for nemotron_labs_diffusion)")
+    block_size = None if d.get("block_size") is None else _int(d, "block_size")
+    rope = _rope(d, model_type, max_pos)
+    _check_rope_frequencies(rope, head_dim)
     return ModelConfig(
         model_type=model_type,
         hidden_size=hidden,
@@ -200,25 +242,20 @@ def parse_config(d: dict) -> ModelConfig:
         head_dim=head_dim,
         intermediate_size=_int(d, "intermediate_size"),
         vocab_size=vocab,
-        rms_norm_eps=_float(d, "rms_norm_eps", default=1e-5),
-        rope=_rope(d, model_type, max_pos),
+        rms_norm_eps=_float(d, "rms_norm_eps", default=1e-5, maximum=1.0),
+        rope=rope,
         max_position_embeddings=max_pos,
         tie_word_embeddings=_bool(d, "tie_word_embeddings", False),
         mask_token_id=mask,
         bos_token_id=d.get("bos_token_id"),
         eos_token_ids=eos_ids,
-        block_size=d.get("block_size"),
+        block_size=block_size,
         raw=d,
     )
 
 
 def load_config(directory: str) -> ModelConfig:
     path = os.path.join(os.fspath(directory), "config.json")
-    if not os.path.exists(path):
+    if not _files.exists(path):
         raise CheckpointError(f"{directory}: config.json not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _err(f"malformed JSON: {e}") from e
-    return parse_config(d)
+    return parse_config(_files.load_json(path, what="config.json"))

@@ -3,12 +3,13 @@ hands the memory-mapped tensors to the native core without copying them."""
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import numpy as np
 
 from . import _C
+from . import _check as check
+from . import _files
 from .config import ModelConfig, load_config
 from .errors import CheckpointError
 from .rope import native_rope_params
@@ -66,14 +67,23 @@ def _convert(arr: np.ndarray, code: int, target: str) -> tuple[np.ndarray, int]:
     return to_bf16_bits(f32), 2
 
 
+def _target_dtype(dtype) -> str | None:
+    """The safetensors dtype a load converts to (None: keep each tensor's)."""
+    target = _DTYPE_ALIASES.get(dtype.lower(), "?") if isinstance(dtype, str) else (None if dtype is None else "?")
+    if target == "?":
+        raise ValueError(f"load: unsupported dtype {check._show(dtype)} (use None, 'float32', 'float16' or 'bfloat16')")
+    return target
+
+
 def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
     """Returns ({native name: (array, dtype code)}, Checkpoint). Raises CheckpointError on any mismatch."""
-    target = _DTYPE_ALIASES.get(dtype if dtype is None else str(dtype).lower(), "?")
-    if target == "?":
-        raise ValueError(f"load: unsupported dtype {dtype!r} (use None, 'float32', 'float16' or 'bfloat16')")
+    target = _target_dtype(dtype)
     ckpt = Checkpoint(directory)
-    expected = expected_tensors(cfg)
     present = ckpt.names()
+    if cfg.num_hidden_layers > len(present) // len(_LAYER_TENSORS) + 1:   # before listing 9 names per layer
+        raise CheckpointError(f"{directory}: config.json: num_hidden_layers = {cfg.num_hidden_layers} needs "
+                              f"{len(_LAYER_TENSORS)} tensors a layer, but the checkpoint has {len(present)} in all")
+    expected = expected_tensors(cfg)
     tied = False
     if expected["head"][0] not in present and cfg.tie_word_embeddings and not cfg.is_tri_mode:
         expected["head"] = (expected["embed"][0], expected["head"][1])
@@ -132,19 +142,19 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     """
     from .model import Model  # local import: model.py imports this module
 
-    directory = os.fspath(path)
+    directory = check.path("load: path", path)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
     _check_device(device)
+    _target_dtype(dtype)
+    if not (lora is None or (isinstance(lora, str) and lora == "auto")):
+        lora = check.path("load: lora", lora)
+    if max_context is not None:
+        check.integer("load: max_context", max_context, 1)
     cfg = load_config(directory)
     if max_context is None:
         max_context = min(cfg.max_position_embeddings, 4096)
-    if isinstance(max_context, bool) or not isinstance(max_context, numbers.Integral) or max_context < 1:
-        raise ValueError(f"load: max_context must be a positive integer, got {max_context!r}")
-    if max_context > min(cfg.max_position_embeddings, 2**31 - 1):
-        raise ValueError(f"load: max_context {max_context} exceeds the model's max_position_embeddings "
-                         f"({cfg.max_position_embeddings})")
-    max_context = int(max_context)
+    max_context = check.integer("load: max_context", max_context, 1, cfg.max_position_embeddings)
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
     try:
         native = _C.Model(native_config(cfg), weights, max_context, device)
@@ -154,7 +164,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
                           f"({kv_bytes / 2**30:.1f} GiB); pass a smaller max_context") from None
     tokenizer = None
     tok_path = os.path.join(directory, "tokenizer.json")
-    if os.path.exists(tok_path):
+    if _files.exists(tok_path):
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_file(tok_path)
     # A device model holds its own copy of the weights: the memory maps need not stay open.
@@ -168,11 +178,28 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     return model
 
 
-def _check_device(device) -> None:
-    if device == "cpu":
+def _check_host_memory(cfg: ModelConfig, itemsize: int, max_context: int) -> None:
+    """Refuses, before allocating, a random model that cannot fit in this machine's memory (allocations of
+    that size may succeed lazily and end the process when touched)."""
+    c = cfg
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_layer = c.hidden_size * (2 * q + 2 * kv + 3 * c.intermediate_size) + 2 * c.hidden_size
+    need = itemsize * (2 * c.vocab_size * c.hidden_size + c.hidden_size + c.num_hidden_layers * per_layer)
+    need += 8 * c.num_hidden_layers * kv * max_context
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         return
-    if device != "cuda":
-        raise ValueError(f"load: unknown device {device!r} (use 'cpu' or 'cuda')")
+    if need > have:
+        raise MemoryError(f"random_model: the model needs {need / 2**30:.1f} GiB, more than this machine's "
+                          f"{have / 2**30:.1f} GiB of memory")
+
+
+def _check_device(device) -> None:
+    if isinstance(device, str) and device == "cpu":
+        return
+    if not (isinstance(device, str) and device == "cuda"):
+        raise ValueError(f"load: unknown device {check._show(device)} (use 'cpu' or 'cuda')")
     if not _C.cuda_compiled():
         raise ValueError("load: device='cuda' but this build has no CUDA backend (reinstall with TRIDECODE_CUDA=ON, or "
                          "TRIDECODE_CUDA=EMU to run its kernels on the CPU emulator)")
@@ -188,7 +215,12 @@ def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max
     from .model import Model
 
     _check_device(device)
+    target = _target_dtype(dtype) or "BF16"
     cfg = parse_config(config)
-    code = {"F32": 0, "F16": 1, "BF16": 2}[_DTYPE_ALIASES.get(str(dtype).lower(), "BF16")]
-    native = _C.Model.random(native_config(cfg), code, int(max_context), device, int(seed))
+    max_context = check.integer("random_model: max_context", max_context, 1, cfg.max_position_embeddings)
+    seed = check.seed("random_model: seed", seed)
+    code = {"F32": 0, "F16": 1, "BF16": 2}[target]
+    if device == "cpu":
+        _check_host_memory(cfg, 4 if code == 0 else 2, max_context)
+    native = _C.Model.random(native_config(cfg), code, max_context, device, seed)
     return Model(native, cfg, {}, directory="<random>", device=device)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _check as check
+from . import _files
 from .config import ModelConfig
 from .errors import CheckpointError
 from .safetensors_io import SafetensorsFile
 
 DEFAULT_DIR = "linear_spec_lora"
+MAX_RANK = 65536
 
 
 @dataclass
@@ -31,19 +33,11 @@ def _cfg_err(path: str, msg: str) -> CheckpointError:
 
 
 def load_adapter(path, cfg: ModelConfig) -> LoraAdapter:
-    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise ValueError(f"LoRA adapter path must be a non-empty path, got {path!r}")
-    path = os.fspath(path)
+    path = check.path("LoRA adapter path", path)
     cfg_path = os.path.join(path, "adapter_config.json")
-    if not os.path.isdir(path) or not os.path.exists(cfg_path):
+    if not os.path.isdir(path) or not _files.exists(cfg_path):
         raise CheckpointError(f"{path}: not a LoRA adapter directory (no adapter_config.json)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            ac = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _cfg_err(path, f"malformed JSON: {e}") from e
-    except OSError as e:
-        raise _cfg_err(path, f"cannot be read: {e}") from e
+    ac = _files.load_json(cfg_path, what="adapter_config.json")
     if not isinstance(ac, dict):
         raise _cfg_err(path, "expected a JSON object")
     if ac.get("peft_type", "LORA") != "LORA":
@@ -57,10 +51,12 @@ def load_adapter(path, cfg: ModelConfig) -> LoraAdapter:
     if other:
         raise _cfg_err(path, f"target_modules {other} are not supported: the drafter adapter may target o_proj only")
     r, alpha = ac.get("r"), ac.get("lora_alpha")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise _cfg_err(path, f"'r' must be a positive integer, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise _cfg_err(path, f"'lora_alpha' must be a positive number, got {alpha!r}")
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_RANK:
+        raise _cfg_err(path, f"'r' must be a positive integer, got {check._show(r)} (at most {MAX_RANK})")
+    try:
+        alpha = check.real("lora_alpha", alpha, 0.0, 1e12, lo_open=True)
+    except ValueError:
+        raise _cfg_err(path, f"'lora_alpha' must be a positive number, got {check._show(alpha)} (at most 1e12)") from None
     for key in ("alpha_pattern", "rank_pattern", "layers_to_transform", "layers_pattern", "modules_to_save",
                 "target_parameters"):
         if ac.get(key):
@@ -77,7 +73,7 @@ def load_adapter(path, cfg: ModelConfig) -> LoraAdapter:
     scale = alpha / math.sqrt(r) if ac.get("use_rslora") else alpha / r
 
     weights = os.path.join(path, "adapter_model.safetensors")
-    if not os.path.exists(weights):
+    if not _files.exists(weights):
         raise CheckpointError(f"{path}: adapter_model.safetensors not found")
     st = SafetensorsFile(weights)
     prefix = f"base_model.model.{cfg.prefix}layers."

@@ -15,7 +15,9 @@ import math
 import numpy as np
 
 from . import _C
+from . import _check as check
 from ._device import Arg, Call, describe
+from .errors import ArgumentTypeError
 
 _CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
@@ -24,15 +26,17 @@ def _device(device, *args: Arg) -> str:
     on_gpu = any(a.host is None for a in args)
     if device is None:
         return "cuda" if on_gpu else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r} (use 'cpu' or 'cuda')")
+    if not isinstance(device, str) or device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {check._show(device)} (use 'cpu' or 'cuda')")
     if device == "cpu" and on_gpu:
         raise ValueError("device='cpu' was asked for, but an input is a device array")
     return device
 
 
 def _weight(w, weight_dtype: str | None, op: str) -> tuple[Arg, int]:
-    a = describe(w)
+    if weight_dtype is not None and not isinstance(weight_dtype, str):
+        raise ArgumentTypeError(f"[{op}] weight_dtype must be None or a dtype name, got {check._show(weight_dtype)}")
+    a = describe(w, f"[{op}] weight")
     name = weight_dtype or ("bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name)
     if name not in _CODES:
         raise ValueError(f"[{op}] unsupported weight dtype {name} (float32, float16 or bfloat16)")
@@ -47,7 +51,7 @@ def _weight(w, weight_dtype: str | None, op: str) -> tuple[Arg, int]:
 
 
 def _act(x, op: str, name: str, ndim) -> Arg:
-    a = describe(x)
+    a = describe(x, f"[{op}] {name}")
     if a.dtype.kind != "f":
         raise ValueError(f"[{op}] {name} must be a floating-point array, got {a.dtype}")
     ndims = (ndim,) if isinstance(ndim, int) else ndim
@@ -69,14 +73,13 @@ def rms_norm(x, weight, eps: float = 1e-5, weight_dtype: str | None = None, devi
     n = 1 if xa.ndim == 1 else xa.shape[0]
     if wa.shape != (dim,):
         raise ValueError(f"[rms_norm] weight has shape {list(wa.shape)}, expected [{dim}]")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"[rms_norm] eps must be positive, got {eps!r}")
+    eps = check.real("[rms_norm] eps", eps, 0.0, lo_open=True)
     if _device(device, xa, wa) == "cpu":
-        return _C.rms_norm(xa.host.reshape(n, dim), wa.host, code, float(eps)).reshape(xa.shape)
+        return _C.rms_norm(xa.host.reshape(n, dim), wa.host, code, eps).reshape(xa.shape)
     call = Call(xa, wa)
     xp, wp = call.place(xa, np.float32), call.place(wa)
     out = call.out(xa.shape, np.float32)
-    _C.cuda_raw.rms_norm(xp, wp, code, out, n, dim, float(eps))
+    _C.cuda_raw.rms_norm(xp, wp, code, out, n, dim, eps)
     return call.results()
 
 
@@ -104,26 +107,29 @@ def rope(x, positions, inv_freq, attention_factor: float = 1.0, qscale_beta: flo
     """Rotate-half RoPE on x [n, heads, head_dim] at absolute positions [n]; queries (is_query) are also
     scaled by 1 + qscale_beta * ln(1 + floor(pos / qscale_length))."""
     xa = _act(x, "rope", "x", 3)
-    pos = np.asarray(positions)
+    pos = check.array("[rope] positions", positions)
     if pos.dtype.kind not in "iu" or pos.shape != (xa.shape[0],):
         raise ValueError(f"[rope] positions must be integers of shape [{xa.shape[0]}], got {pos.dtype} "
                          f"{list(pos.shape)}")
-    if (pos < 0).any():
-        raise ValueError("[rope] positions must be >= 0")
-    inv = np.asarray(inv_freq, dtype=np.float32)
+    if (pos < 0).any() or (pos > 2**62).any():
+        raise ValueError("[rope] positions must be in [0, 2^62]")
+    inv = check.array("[rope] inv_freq", inv_freq).astype(np.float32)
     if inv.shape != (xa.shape[2] // 2,) or xa.shape[2] % 2:
         raise ValueError(f"[rope] inv_freq must have head_dim/2 = {xa.shape[2] // 2} entries, got {inv.shape}")
-    params = {"inv_freq": [float(v) for v in inv], "attention_factor": float(attention_factor),
-              "qscale_beta": float(qscale_beta), "qscale_length": int(qscale_length)}
-    if params["qscale_length"] < 1:
-        raise ValueError("[rope] qscale_length must be >= 1")
+    if not np.isfinite(inv).all():
+        raise ValueError("[rope] inv_freq must be finite")
+    params = {"inv_freq": [float(v) for v in inv],
+              "attention_factor": check.real("[rope] attention_factor", attention_factor),
+              "qscale_beta": check.real("[rope] qscale_beta", qscale_beta),
+              "qscale_length": check.integer("[rope] qscale_length", qscale_length, 1, 2**62)}
+    is_query = check.flag("[rope] is_query", is_query)
     n, heads, d = xa.shape
     if _device(device, xa) == "cpu":
-        return _C.rope(xa.host, pos.astype(np.int64), params, bool(is_query))
+        return _C.rope(xa.host, pos.astype(np.int64), params, is_query)
     call = Call(xa)
     pp = call.place(Arg(pos.shape, np.dtype(np.int64), host=pos.astype(np.int64)))
     out = call.out_copy(xa)          # the kernel rotates in place
-    _C.cuda_raw.rope(out, n, heads, d, pp, params, bool(is_query))
+    _C.cuda_raw.rope(out, n, heads, d, pp, params, is_query)
     return call.results()
 
 
@@ -141,14 +147,16 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, device: 
         raise ValueError(f"[attention] need 0 < n_q <= kv_len, got n_q {n}, kv_len {T}")
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"[attention] query heads {heads} not a multiple of kv heads {kv_heads}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
+    if d == 0:
+        raise ValueError("[attention] head_dim must be >= 1, got 0")
+    causal = check.flag("[attention] causal", causal)
+    scale = 1.0 / math.sqrt(d) if scale is None else check.real("[attention] scale", scale)
     if _device(device, qa, ka, va) == "cpu":
-        return _C.attention(qa.host, ka.host, va.host, bool(causal), float(scale))
+        return _C.attention(qa.host, ka.host, va.host, causal, scale)
     call = Call(qa, ka, va)
     qp, kp, vp = (call.place(a, np.float32) for a in (qa, ka, va))
     out = call.out(qa.shape, np.float32)
-    _C.cuda_raw.attention(qp, kp, vp, out, n, T, heads, kv_heads, d, bool(causal), float(scale))
+    _C.cuda_raw.attention(qp, kp, vp, out, n, T, heads, kv_heads, d, causal, scale)
     return call.results()
 
 
@@ -175,19 +183,19 @@ def select(logits, exclude_id: int | None = None, temperature: float = 0.0, seed
     la = _act(logits, "select", "logits", (1, 2))
     vocab = la.shape[-1]
     n = 1 if la.ndim == 1 else la.shape[0]
-    if exclude_id is not None and not 0 <= exclude_id < vocab:
-        raise ValueError(f"[select] exclude_id {exclude_id} outside [0, {vocab})")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
-        raise ValueError(f"[select] temperature must be >= 0, got {temperature!r}")
-    ex = -1 if exclude_id is None else int(exclude_id)
-    seed = int(seed) & (2**64 - 1)
+    ex = -1 if exclude_id is None else check.integer("[select] exclude_id", exclude_id, 0, vocab - 1)
+    temperature = check.real("[select] temperature", temperature, 0.0)
+    seed = check.seed("[select] seed", seed)
+    stream = check.seed("[select] stream", stream)
+    if vocab == 0 or (vocab == 1 and ex == 0):
+        raise ValueError(f"[select] nothing to select from: vocab {vocab}, exclude_id {exclude_id}")
     if _device(device, la) == "cpu":
-        idx, conf = _C.select(la.host.reshape(n, vocab), ex, float(temperature), seed, int(stream))
+        idx, conf = _C.select(la.host.reshape(n, vocab), ex, temperature, seed, stream)
     else:
         call = Call(la)
         lp = call.place(la, np.float32)
         ip, cp = call.out((n,), np.int32), call.out((n,), np.float32)
-        _C.cuda_raw.select(lp, n, vocab, ex, float(temperature), seed, int(stream), ip, cp)
+        _C.cuda_raw.select(lp, n, vocab, ex, temperature, seed, stream, ip, cp)
         idx, conf = call.results()
     return (idx[0], conf[0]) if la.ndim == 1 else (idx, conf)
 
@@ -195,7 +203,7 @@ def select(logits, exclude_id: int | None = None, temperature: float = 0.0, seed
 def argmax_confidence(logits, exclude_id: int | None = None, device: str | None = None):
     """Per row of logits [n, vocab]: the first index of the maximum (never exclude_id) and its softmax
     probability over the full row (select at temperature 0)."""
-    la = describe(logits)
-    if exclude_id is not None and la.ndim in (1, 2) and not 0 <= exclude_id < la.shape[-1]:
-        raise ValueError(f"[argmax_confidence] exclude_id {exclude_id} outside [0, {la.shape[-1]})")
+    la = describe(logits, "[argmax_confidence] logits")
+    if exclude_id is not None and la.ndim in (1, 2):
+        check.integer("[argmax_confidence] exclude_id", exclude_id, 0, la.shape[-1] - 1)
     return select(logits, exclude_id, 0.0, device=device)

@@ -6,13 +6,13 @@ copy of the weights. numpy has no bfloat16, so BF16 tensors are uint16 views tag
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _files
 from .errors import CheckpointError
 
 #: Headers larger than this are refused (the format's own readers use the same bound).
@@ -24,8 +24,10 @@ SUPPORTED_DTYPES = {
     "F16": (np.dtype("<f2"), 2, 1),
     "BF16": (np.dtype("<u2"), 2, 2),
 }
-_KNOWN_DTYPES = {"BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64",
-                 "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+#: Every dtype of the format, with its size in bits (the sub-byte ones pack several elements per byte).
+_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
+               "F32": 32, "F64": 64, "I64": 64, "U64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4,
+               "F6_E2M3": 6, "F6_E3M2": 6, "C64": 64}
 
 
 def to_bf16_bits(a) -> np.ndarray:
@@ -54,13 +56,19 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """One .safetensors file: a validated header plus a lazily created read-only memory map."""
+    """One .safetensors file: a validated header plus a lazily created read-only memory map.
+
+    The format's rules are enforced as its reference reader does: an 8-byte little-endian header length
+    (at most MAX_HEADER_BYTES), a UTF-8 JSON object without duplicate keys, `__metadata__` a map of strings
+    to strings, every entry a known dtype with a shape whose byte size equals its data_offsets span, and
+    the entries' byte ranges in order, contiguous and covering the data section exactly: no overlap, no gap,
+    no unused bytes before the first tensor or after the last."""
 
     def __init__(self, path: str):
         self.path = os.fspath(path)
         self.name = os.path.basename(self.path)
+        size = _files.stat_regular(self.path, self.name).st_size
         try:
-            size = os.path.getsize(self.path)
             with open(self.path, "rb") as f:
                 prefix = f.read(8)
                 if len(prefix) < 8:
@@ -76,26 +84,33 @@ class SafetensorsFile:
                 raw = f.read(header_len)
         except OSError as e:
             raise CheckpointError(f"{self.name}: cannot read: {e}") from e
+        if len(raw) != header_len:
+            raise CheckpointError(f"{self.name}: the file changed while its header was read")
         self.data_start = 8 + header_len
         self.data_size = size - self.data_start
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{self.name}: malformed header (not valid JSON: {e})") from e
+        header = _files.parse_json(raw, f"{self.name}: header")
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.name}: malformed header (expected a JSON object)")
-        self.metadata = header.pop("__metadata__", None) or {}
+        self.metadata = self._parse_metadata(header.pop("__metadata__", None))
         self.tensors: dict[str, TensorInfo] = {}
         for tname, entry in header.items():
             self.tensors[tname] = self._parse_entry(tname, entry)
+        self._check_layout()
         self._map = None
+
+    def _parse_metadata(self, meta) -> dict:
+        if meta is None:
+            return {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise CheckpointError(f"{self.name}: malformed header: __metadata__ must map strings to strings")
+        return meta
 
     def _parse_entry(self, tname: str, entry) -> TensorInfo:
         where = f"{self.name}: tensor {tname}"
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise CheckpointError(f"{where}: malformed header entry (needs dtype, shape, data_offsets)")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _KNOWN_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
             raise CheckpointError(f"{where}: malformed header: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
@@ -110,13 +125,28 @@ class SafetensorsFile:
             raise CheckpointError(
                 f"{where}: data_offsets {offs} lie beyond the data section ({self.data_size} bytes): "
                 "offsets out of range or the file is truncated")
-        if dtype in SUPPORTED_DTYPES:
-            want = math.prod(shape) * SUPPORTED_DTYPES[dtype][1]   # Python ints: no overflow
-            if end - begin != want:
-                raise CheckpointError(
-                    f"{where}: data_offsets {offs} span {end - begin} bytes, but shape {shape} of {dtype} "
-                    f"needs {want}")
+        bits = math.prod(shape) * _DTYPE_BITS[dtype]   # Python ints: no overflow
+        if bits % 8 or end - begin != bits // 8:
+            raise CheckpointError(
+                f"{where}: data_offsets {offs} span {end - begin} bytes, but shape {shape} of {dtype} "
+                f"needs {bits / 8:g}")
         return TensorInfo(tname, dtype, tuple(shape), begin, end)
+
+    def _check_layout(self) -> None:
+        """The byte ranges, in order of their start, must tile the data section exactly."""
+        pos, prev = 0, None
+        for info in sorted(self.tensors.values(), key=lambda t: (t.begin, t.end)):
+            if info.begin < pos:
+                raise CheckpointError(f"{self.name}: tensors {prev} and {info.name} overlap (bytes {info.begin} to "
+                                      f"{pos} of the data section)")
+            if info.begin > pos:
+                what = "before the first tensor" if prev is None else f"between tensors {prev} and {info.name}"
+                raise CheckpointError(f"{self.name}: {info.begin - pos} unused bytes {what} (the data section "
+                                      "must be covered exactly)")
+            pos, prev = info.end, info.name
+        if pos != self.data_size:
+            raise CheckpointError(f"{self.name}: {self.data_size - pos} trailing bytes after the last tensor "
+                                  "(the data section must be covered exactly)")
 
     def _mapped(self) -> np.ndarray:
         if self._map is None:
@@ -147,9 +177,9 @@ class Checkpoint:
         self.where: dict[str, SafetensorsFile] = {}
         index = os.path.join(self.directory, "model.safetensors.index.json")
         single = os.path.join(self.directory, "model.safetensors")
-        if os.path.exists(index):
+        if _files.exists(index):
             self._load_index(index)
-        elif os.path.exists(single):
+        elif _files.exists(single):
             f = SafetensorsFile(single)
             self.files[f.name] = f
             self.where = {t: f for t in f.tensors}
@@ -159,20 +189,18 @@ class Checkpoint:
 
     def _load_index(self, index: str) -> None:
         name = os.path.basename(index)
-        try:
-            with open(index, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{name}: malformed JSON: {e}") from e
+        data = _files.load_json(index, _files.MAX_INDEX_BYTES)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{name}: missing or empty 'weight_map'")
         for tname, fname in weight_map.items():
-            if not isinstance(fname, str) or os.path.basename(fname) != fname:
-                raise CheckpointError(f"{name}: tensor {tname} maps to an invalid file name {fname!r}")
+            if (not isinstance(fname, str) or os.path.basename(fname) != fname or fname in ("", ".", "..")
+                    or "\x00" in fname or not fname.endswith(".safetensors")):
+                raise CheckpointError(f"{name}: tensor {tname} maps to {fname!r}, which is not the name of a "
+                                      ".safetensors file in the checkpoint directory")
             if fname not in self.files:
                 path = os.path.join(self.directory, fname)
-                if not os.path.exists(path):
+                if not _files.exists(path):
                     raise CheckpointError(f"{name}: shard {fname} (holding {tname}) does not exist")
                 self.files[fname] = SafetensorsFile(path)
             shard = self.files[fname]
