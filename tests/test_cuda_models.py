@@ -150,3 +150,26 @@ def test_random_model_and_out_of_memory():
     huge = dict(cfg, max_position_embeddings=2**31 - 1)
     with pytest.raises(MemoryError, match="out of device memory"):
         tridecode.random_model(huge, device="cuda", max_context=2**31 - 1)
+
+
+def test_two_models_on_the_device_from_two_threads(models):
+    # The CUDA backend's scratch is shared by every model on it: concurrent forwards must not interleave.
+    import threading
+    a, b = models["cuda"], tridecode.load(GOLDEN_DIR, lora=None, device="cuda")
+    want = {p: models["cpu"].generate(PROMPTS[p], max_new_tokens=12, mode="self_spec", block_length=4).tokens
+            for p in (1, 2)}
+    errors = []
+
+    def work(m, p):
+        try:
+            for _ in range(3):
+                assert m.generate(PROMPTS[p], max_new_tokens=12, mode="self_spec", block_length=4).tokens == want[p]
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(a, 1)), threading.Thread(target=work, args=(b, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors, errors[0]
