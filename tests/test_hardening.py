@@ -356,3 +356,18 @@ def test_random_model_arguments():
     must_fail(lambda: tridecode.random_model(cfg, dtype="int8"), "dtype")
     must_fail(lambda: tridecode.random_model(dict(cfg, hidden_size=1 << 20, intermediate_size=1 << 22,
                                                   num_hidden_layers=4096)), "memory", error=MemoryError)
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "self_spec"])
+def test_huge_max_new_tokens_in_parallel_modes(model, mode):
+    must_fail(lambda: model.generate(PROMPTS[1], mode=mode, max_new_tokens=10**30), "capacity")
+
+
+@pytest.mark.parametrize("n", ["x", 0, 10**9, None, 2.0, True])
+def test_set_num_threads_argument(n):
+    must_fail(lambda: tridecode.set_num_threads(n), "set_num_threads")
+
+
+def test_load_config_argument():
+    must_fail(lambda: tridecode.load_config(3), "directory")
+

@@ -46,7 +46,8 @@ def cuda_available() -> bool:
 
 def set_num_threads(n: int) -> None:
     """Threads used by the CPU backend (default: OpenMP's, usually the number of cores)."""
-    _C.set_num_threads(int(n))
+    from ._check import integer
+    _C.set_num_threads(integer("set_num_threads: n", n, 1, 4096))
 
 
 def num_threads() -> int:

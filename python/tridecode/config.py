@@ -255,7 +255,8 @@ def parse_config(d: dict) -> ModelConfig:
 
 
 def load_config(directory: str) -> ModelConfig:
-    path = os.path.join(os.fspath(directory), "config.json")
+    from ._check import path as check_path
+    path = os.path.join(check_path("load_config: directory", directory), "config.json")
     if not _files.exists(path):
         raise CheckpointError(f"{directory}: config.json not found")
     return parse_config(_files.load_json(path, what="config.json"))
