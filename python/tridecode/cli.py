@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         result = model.generate(prompt, mode=mode, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 seed=args.seed, eos_token_id=args.eos_token_id, on_tokens=stream, **kwargs)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, MemoryError) as e:
         print(f"tridecode: error: {e}", file=sys.stderr)
         return 1
     sys.stdout.write("\n")
