@@ -1,7 +1,9 @@
-"""Decoding modes side by side on one checkpoint: tokens/s, nfe, tokens per forward (TPF), mean accepted
-tokens per self-spec cycle, and how often each mode's output agrees with AR greedy, over a fixed prompt set.
+"""Decoding modes side by side on one checkpoint: tokens per forward (TPF), mean accepted tokens per self-spec
+cycle, how often each mode's output agrees with AR greedy, the AR model's mean log-likelihood of each mode's
+output and its distinct-token ratio (so a faster mode that writes worse or more repetitive text shows), and
+tokens/s as a ratio to AR in the same run at each thread count, over a fixed prompt set.
 
-    python benchmarks/bench_modes.py MODEL_DIR [--max-new-tokens 64] [--block-length 32]
+    python benchmarks/bench_modes.py MODEL_DIR [--max-new-tokens 64] [--block-length L (default: the config's)]
         [--thresholds 0.9,0.7,0.5] [--prompts FILE] [--csv out.csv]
 
 Prompts: one per line in --prompts (text when the checkpoint has tokenizer.json, else comma-separated ids);
@@ -53,15 +55,28 @@ def agreement(tokens, reference):
     return float(np.mean(np.asarray(tokens[:n]) == np.asarray(reference[:n])))
 
 
+def ar_loglik(model, prompt, tokens) -> float:
+    """Mean log-probability of tokens after prompt under the model's own AR (causal) distribution."""
+    if not tokens:
+        return 0.0
+    model.reset()
+    logits = model.forward(list(prompt) + list(tokens[:-1]), mode="causal", write_cache=False).astype(np.float64)
+    rows = logits[len(prompt) - 1:]
+    rows -= rows.max(axis=1, keepdims=True)
+    logp = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+    return float(np.mean(logp[np.arange(len(tokens)), tokens]))
+
+
 def run_mode(model, prompts, label, ar_outputs, **kwargs):
     toks = nfe = fwd = 0
     seconds = 0.0
-    accepted = []
-    agree = []
+    accepted, agree, loglik, distinct = [], [], [], []
+    outputs = []
     for i, p in enumerate(prompts):
         t0 = time.perf_counter()
         r = model.generate(p, **kwargs)
         seconds += time.perf_counter() - t0
+        outputs.append(r.tokens)
         toks += len(r.tokens)
         nfe += r.nfe
         fwd += r.forwards
@@ -69,6 +84,9 @@ def run_mode(model, prompts, label, ar_outputs, **kwargs):
             accepted += r.accepted_per_cycle
         if ar_outputs is not None:
             agree.append(agreement(r.tokens, ar_outputs[i]))
+    for p, out in zip(prompts, outputs):   # after the timing: these forwards are not the mode's
+        loglik.append(ar_loglik(model, p, out))
+        distinct.append(len(set(out)) / max(1, len(out)))
     return {
         "mode": label,
         "tokens": toks,
@@ -78,6 +96,8 @@ def run_mode(model, prompts, label, ar_outputs, **kwargs):
         "tokens_per_s": toks / seconds,
         "mean_accepted": (sum(accepted) / len(accepted)) if accepted else None,
         "agree_with_ar": float(np.mean(agree)) if agree else 1.0,
+        "ar_loglik": float(np.mean(loglik)),
+        "distinct": float(np.mean(distinct)),
     }
 
 
@@ -85,44 +105,56 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", metavar="MODEL_DIR")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--block-length", type=int, default=32)
+    ap.add_argument("--block-length", type=int, default=None,
+                    help="default: the checkpoint's block_size (config.json), else 32")
     ap.add_argument("--thresholds", default="0.9", help="diffusion thresholds, comma-separated")
     ap.add_argument("--prompts", default=None)
     ap.add_argument("--csv", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", default="1,default",
+                    help="thread counts to time every mode at, comma-separated ('default': OpenMP's)")
     args = ap.parse_args(argv)
 
     import tridecode
 
-    if args.threads:
-        tridecode.set_num_threads(args.threads)
+    default_threads = tridecode.num_threads()
+    counts = [default_threads if t == "default" else int(t) for t in args.threads.split(",") if t]
     model = tridecode.load(args.model)
     prompts = read_prompts(model, args.prompts) if args.prompts else default_prompts(model)
     no_eos = dict(max_new_tokens=args.max_new_tokens, eos_token_id=[])   # fixed lengths: compare like with like
-    L = args.block_length
+    L = args.block_length or model.default_block_length
+    modes = [("ar (baseline)", dict(mode="ar"))]
+    for thr in [float(t) for t in args.thresholds.split(",") if t]:
+        modes.append((f"diffusion L={L} thr={thr}", dict(mode="diffusion", block_length=L, threshold=thr)))
+    if model.lora is not None:
+        modes.append((f"self-spec L={L} +lora", dict(mode="self_spec", block_length=L)))
+    modes.append((f"self-spec L={L}", dict(mode="self_spec", block_length=L, use_lora=False)))
 
     ar = [model.generate(p, mode="ar", **no_eos).tokens for p in prompts]
-    rows = [run_mode(model, prompts, "ar (baseline)", ar, mode="ar", **no_eos)]
-    for thr in [float(t) for t in args.thresholds.split(",") if t]:
-        rows.append(run_mode(model, prompts, f"diffusion L={L} thr={thr}", ar, mode="diffusion", block_length=L,
-                             threshold=thr, **no_eos))
-    if model.lora is not None:
-        rows.append(run_mode(model, prompts, f"self-spec L={L} +lora", ar, mode="self_spec", block_length=L,
-                             **no_eos))
-    rows.append(run_mode(model, prompts, f"self-spec L={L}", ar, mode="self_spec", block_length=L, use_lora=False,
-                         **no_eos))
+    rows = []
+    for k, threads in enumerate(counts):   # every mode timed at each thread count, AR in the same run
+        tridecode.set_num_threads(threads)
+        for i, (label, kw) in enumerate(modes):
+            r = run_mode(model, prompts, label, ar, **kw, **no_eos)
+            if k == 0:
+                rows.append(r)
+            rows[i][f"tokens_per_s@{threads}"] = r["tokens_per_s"]
+    tridecode.set_num_threads(default_threads)
 
-    base = rows[0]["tokens_per_s"]
     print(f"model {args.model}: {len(prompts)} prompts, {args.max_new_tokens} new tokens each, "
-          f"threads {tridecode.num_threads()}, cpu kernels {tridecode._C.cpu_isa()}")
-    print(f"{'mode':28s} {'tokens':>7s} {'nfe':>6s} {'fwd':>6s} {'TPF':>6s} {'accept':>7s} {'agree':>6s} "
-          f"{'tok/s':>9s} {'vs ar':>6s}")
+          f"cpu kernels {tridecode._C.cpu_isa()}")
+    head = (f"{'mode':26s} {'tokens':>6s} {'fwd':>6s} {'TPF':>5s} {'accept':>6s} {'agree':>6s} {'loglik':>7s} "
+            f"{'distinct':>8s}" + "".join(f" {'tok/s@' + str(t):>10s} {'vs ar':>6s}" for t in counts))
+    print(head)
     for r in rows:
         acc = f"{r['mean_accepted']:.2f}" if r["mean_accepted"] is not None else "-"
-        print(f"{r['mode']:28s} {r['tokens']:7d} {r['nfe']:6d} {r['forwards']:6d} {r['tpf']:6.2f} {acc:>7s} "
-              f"{r['agree_with_ar']:6.3f} {r['tokens_per_s']:9.1f} {r['tokens_per_s'] / base:5.2f}x")
+        line = (f"{r['mode']:26s} {r['tokens']:6d} {r['forwards']:6d} {r['tpf']:5.2f} {acc:>6s} "
+                f"{r['agree_with_ar']:6.3f} {r['ar_loglik']:7.3f} {r['distinct']:8.3f}")
+        for t in counts:
+            line += f" {r[f'tokens_per_s@{t}']:10.1f} {r[f'tokens_per_s@{t}'] / rows[0][f'tokens_per_s@{t}']:5.2f}x"
+        print(line)
     print("(TPF = tokens / forwards incl. prefill; accept = mean tokens per self-spec cycle; agree = fraction of "
-          "positions equal to AR greedy)")
+          "positions equal to AR greedy; loglik = mean log-probability of the output under the model's AR; "
+          "distinct = distinct tokens / tokens per output)")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

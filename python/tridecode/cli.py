@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(diffusion drafts verified autoregressively; output equals ar at temperature 0). "
                         "Default: ar")
     g.add_argument("--block-length", type=int, default=None,
-                   help="diffusion / self-spec block length (default: 32)")
+                   help="diffusion / self-spec block length (default: the checkpoint's block_size, else 32)")
     g.add_argument("--threshold", type=_threshold, default=None,
                    help="diffusion: commit every masked slot with confidence >= this (plus the most confident "
                         "one) per step, in (0, 1] (default: 0.9); 'none' = fixed schedule of --steps steps")

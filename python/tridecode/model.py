@@ -236,7 +236,7 @@ class Model:
         temperature: 0 is greedy. Otherwise AR samples from softmax(logits / temperature) (with optional
             top_k / top_p); diffusion and self-spec use Gumbel-max sampling. Reproducible for a given seed.
         eos_token_id: int or list (default: the config's). Generation stops after the first EOS (kept).
-        block_length: diffusion / self-spec block length L (default: 32).
+        block_length: diffusion / self-spec block length L (default: the config's block_size, else 32).
         threshold: diffusion commit threshold in (0, 1] (default 0.9); None = fixed schedule of `steps`
             denoising steps per block (default L - 1, i.e. one token per step).
         draft_threshold: self-spec; 0 drafts the whole block in one forward, > 0 iterates (commit every
@@ -305,8 +305,15 @@ class Model:
             raise ValueError(f"generate: top_k / top_p apply to mode 'ar' only; {mode} samples with "
                              "Gumbel-max at the given temperature")
         if block_length is None:
-            return 32
+            return self.default_block_length
         return check.integer("generate: block_length", block_length, 2, self.max_context)
+
+    @property
+    def default_block_length(self) -> int:
+        """The block length diffusion and self_spec use when none is given: the checkpoint's block_size
+        (the block length it was trained with) when config.json has one, else 32."""
+        b = self.config.block_size
+        return b if b is not None and b >= 2 else 32
 
     @staticmethod
     def _diffusion_schedule(L, threshold, steps, use_lora, draft_threshold):

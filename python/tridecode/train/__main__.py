@@ -1,4 +1,8 @@
-"""python -m tridecode.train: the two-stage recipe (AR warm-up, then joint AR + diffusion).
+"""python -m tridecode.train: the recipe.
+
+    python -m tridecode.train --out BASE ...                  the base: AR warm-up, then joint AR + diffusion
+    python -m tridecode.train distill --init BASE --out DIR   self-distillation on the model's own AR output
+    python -m tridecode.train lora --init DIR                 the self-speculation LoRA drafter (DIR/linear_spec_lora)
 
 Example (a small model on the standard library sources, CPU):
     python -m tridecode.train --out model-dir --ar-steps 300 --joint-steps 1200
@@ -43,19 +47,35 @@ def build_parser():
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many steps (the schedule still spans the full run): to check that a "
                          "rerun reproduces the start of a recorded loss curve")
+    ap.add_argument("--block-align", choices=["varied", "zero"], default="varied",
+                    help="varied: noisy blocks start after a clean prefix of 1..L tokens and slot 0 (the seed) "
+                         "is never masked, as at inference; zero: blocks at multiples of L from position 0, "
+                         "every slot maskable (the recipe's first form)")
+    ap.add_argument("--save-state", action="store_true",
+                    help="also write train_state.pt (optimizer, schedule, RNG) so --resume can continue the run")
+    ap.add_argument("--resume", default=None, help="continue the run saved (with --save-state) in this directory")
     return ap
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("distill", "lora"):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("tridecode.train needs torch: pip install 'tridecode[train]'", file=sys.stderr)
+            return 2
+        from . import distill
+        return distill.main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         import torch
     except ImportError:
         print("tridecode.train needs torch: pip install 'tridecode[train]'", file=sys.stderr)
         return 2
-    from .data import MASK_ID, encode_stream, files_corpus, stdlib_corpus, train_tokenizer
+    from .data import MASK_ID, encode_stream, load_corpus, train_tokenizer
     from .model import Shape, TriModeLM
-    from .objective import ar_loss, joint_loss
+    from .objective import ar_loss, heldout_ar_loss, joint_loss
     from . import checkpoint
 
     if args.seq_len % args.block_size:
@@ -66,13 +86,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.corpus == "stdlib":
-        corpus = stdlib_corpus(args.max_files)
-    else:
-        paths = ([os.path.join(dp, f) for dp, _, fs in sorted(os.walk(args.corpus)) for f in sorted(fs)]
-                 if os.path.isdir(args.corpus) else [args.corpus])
-        corpus = files_corpus([(os.path.relpath(p, args.corpus) if os.path.isdir(args.corpus) else
-                                os.path.basename(p), p) for p in paths][: args.max_files])
+    corpus = load_corpus(args.corpus, args.max_files)
     if args.corpus_sha256 and corpus.digest != args.corpus_sha256:
         print(f"corpus digest {corpus.digest} != expected {args.corpus_sha256}", file=sys.stderr)
         return 1
@@ -91,16 +105,26 @@ def main(argv=None):
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
     print(f"corpus {len(corpus.files)} files (sha256 {corpus.digest}), {stream.numel()} train tokens, "
           f"vocab {shape.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    curve = []
+    curve, first = [], 0
+    if args.resume:
+        state = torch.load(os.path.join(args.resume, "train_state.pt"), weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first, curve = state["step"], state["curve"]
+        print(f"resuming at step {first} of {total}")
     start = time.time()
-    for step in range(total if args.stop_after is None else min(total, args.stop_after)):
+    for step in range(first, total if args.stop_after is None else min(total, args.stop_after)):
         starts = torch.randint(0, stream.numel() - args.seq_len - 1, (args.batch,), generator=gen)
         x0 = torch.stack([stream[s:s + args.seq_len] for s in starts.tolist()])
         if step < args.ar_steps:
             loss = ar_loss(model, x0)
             stats = {"stage": "ar", "ar": loss.item(), "loss": loss.item()}
         else:
-            loss, stats = joint_loss(model, x0, MASK_ID, args.block_size, args.alpha, args.eps, gen)
+            loss, stats = joint_loss(model, x0, MASK_ID, args.block_size, args.alpha, args.eps, gen,
+                                     aligned=args.block_align == "varied")
             stats["stage"] = "joint"
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,9 +136,16 @@ def main(argv=None):
             print(f"step {step:5d} {stats['stage']:5s} loss {stats['loss']:.4f} ar {stats['ar']:.4f}"
                   + (f" diff {stats['diff']:.4f}" if "diff" in stats else "") + f"  {time.time() - start:.0f}s",
                   flush=True)
-    extra = {"command": "python -m tridecode.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-             "corpus_sha256": corpus.digest, "final": curve[-1]}
+    held = torch.tensor(encode_stream(tok, held_texts), dtype=torch.long)
+    held_loss = heldout_ar_loss(model, held, args.seq_len)
+    print(f"held-out AR loss {held_loss:.4f}")
+    extra = {"command": "python -m tridecode.train " + " ".join(argv), "corpus_sha256": corpus.digest,
+             "final": curve[-1], "heldout_ar_loss": held_loss}
     checkpoint.save(model, tok, args.out, args.block_size, extra)
+    if args.save_state:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": len(curve),
+                    "curve": curve}, os.path.join(args.out, "train_state.pt"))
     with open(os.path.join(args.out, "loss_curve.json"), "w") as f:
         json.dump(curve, f)
     with open(os.path.join(args.out, "heldout.txt"), "w", encoding="utf-8") as f:

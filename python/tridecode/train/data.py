@@ -84,3 +84,21 @@ def encode_stream(tok, texts) -> list:
     for enc in tok.encode_batch(texts):
         out += enc.ids + [EOS_ID]
     return out
+
+
+def load_corpus(name: str, max_files: int | None = None) -> Corpus:
+    """'stdlib' or a directory / file of text (files sorted by path)."""
+    if name == "stdlib":
+        return stdlib_corpus(max_files)
+    if os.path.isdir(name):
+        paths = [os.path.join(dp, f) for dp, _, fs in sorted(os.walk(name)) for f in sorted(fs)]
+        pairs = [(os.path.relpath(p, name), p) for p in paths]
+    else:
+        pairs = [(os.path.basename(name), name)]
+    return files_corpus(pairs[:max_files])
+
+
+def distinct_ratio(tokens) -> float:
+    """Distinct tokens / tokens: how much a continuation repeats itself (1.0: no token twice)."""
+    return len(set(tokens)) / max(1, len(tokens))
+

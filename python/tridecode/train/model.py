@@ -59,8 +59,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(s.hidden_size, s.num_key_value_heads * s.head_dim, bias=False)
         self.v_proj = nn.Linear(s.hidden_size, s.num_key_value_heads * s.head_dim, bias=False)
         self.o_proj = nn.Linear(s.num_attention_heads * s.head_dim, s.hidden_size, bias=False)
+        self.lora_A = None          # set by TriModeLM.add_lora(): the self-speculation drafter on o_proj
+        self.lora_B = None
+        self.lora_scale = 0.0
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, lora_rows=None):
         b, t, _ = x.shape
         s = self.s
         q = self.q_proj(x).view(b, t, s.num_attention_heads, s.head_dim).transpose(1, 2)
@@ -72,7 +75,13 @@ class Attention(nn.Module):
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+        o = o.transpose(1, 2).reshape(b, t, -1)
+        out = self.o_proj(o)
+        if self.lora_A is not None and lora_rows:
+            # the adapter acts on the draft rows only (the noisy copy), as tridecode applies it to draft passes
+            delta = self.lora_B(self.lora_A(o[:, :lora_rows])) * self.lora_scale
+            out = torch.cat([out[:, :lora_rows] + delta, out[:, lora_rows:]], dim=1)
+        return out
 
 
 class MLP(nn.Module):
@@ -94,8 +103,8 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.mlp = MLP(s)
 
-    def forward(self, x, cos, sin, mask):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, lora_rows=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, lora_rows)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -116,10 +125,32 @@ class TriModeLM(nn.Module):
         self.encoder = Encoder(s)
         self.diffusion_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids [b, t], positions [t], mask [t, t] bool (True = may attend) -> logits [b, t, vocab]."""
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, lora_rows=None) -> torch.Tensor:
+        """ids [b, t], positions [t], mask [t, t] or [b, 1, t, t] bool (True = may attend) -> logits
+        [b, t, vocab]. lora_rows: apply the o_proj adapter (add_lora) to rows 0..lora_rows-1 only."""
         cos, sin = rope_tables(positions, self.shape.head_dim, self.shape.rope_theta)
         x = self.encoder.embed_tokens(ids)
         for layer in self.encoder.layers:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, mask, lora_rows)
         return self.diffusion_head(self.encoder.norm(x))
+
+    def add_lora(self, rank: int, alpha: float, seed: int = 0) -> list:
+        """Attaches a LoRA adapter to every o_proj (A ~ Kaiming-uniform, B = 0, as PEFT initialises them)
+        and freezes everything else; returns the adapter's parameters."""
+        g = torch.Generator().manual_seed(seed)
+        params = []
+        for layer in self.encoder.layers:
+            att = layer.self_attn
+            att.lora_A = nn.Linear(att.o_proj.in_features, rank, bias=False)
+            att.lora_B = nn.Linear(rank, att.o_proj.out_features, bias=False)
+            bound = 1.0 / att.o_proj.in_features ** 0.5
+            with torch.no_grad():
+                att.lora_A.weight.uniform_(-bound, bound, generator=g)
+                att.lora_B.weight.zero_()
+            att.lora_scale = alpha / rank
+            params += [att.lora_A.weight, att.lora_B.weight]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        return params
