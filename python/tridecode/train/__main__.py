@@ -59,20 +59,16 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("distill", "lora"):
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("tridecode.train needs torch: pip install 'tridecode[train]'", file=sys.stderr)
-            return 2
-        from . import distill
-        return distill.main(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    stage = argv[0] if argv and argv[0] in ("distill", "lora") else None
+    args = None if stage else build_parser().parse_args(argv)
     try:
         import torch
     except ImportError:
         print("tridecode.train needs torch: pip install 'tridecode[train]'", file=sys.stderr)
         return 2
+    if stage:
+        from . import distill
+        return distill.main(stage, argv[1:])
     from .data import MASK_ID, encode_stream, load_corpus, train_tokenizer
     from .model import Shape, TriModeLM
     from .objective import ar_loss, heldout_ar_loss, joint_loss
