@@ -214,3 +214,35 @@ def test_the_block_length_follows_the_checkpoint(trained):
     res = m.generate(m.encode("alpha beta"), mode="diffusion", max_new_tokens=24, eos_token_id=[])
     assert len(res.steps_per_block) == 3          # 24 tokens in blocks of 8
 
+
+
+def test_the_distill_stage_is_deterministic(trained, tmp_path):
+    corpus = trained.parent / "corpus"
+    args = ["distill", "--init", str(trained), "--corpus", str(corpus), "--continuations", "20", "--prefix-min", "4",
+            "--prefix-max", "12", "--cont-len", "16", "--loop-ngram", "0", "--batch", "4", "--ar-batch", "4",
+            "--seq-len", "32", "--steps", "5", "--log-every", "1000"]
+    curves = []
+    for run in ("a", "b"):
+        assert train_main(args + ["--out", str(tmp_path / run)]) == 0
+        curves.append(json.load(open(tmp_path / run / "loss_curve.json")))
+    assert [c["loss"] for c in curves[0]] == [c["loss"] for c in curves[1]]
+    a, b = (json.load(open(tmp_path / r / "config.json"))["training"]["teacher"] for r in "ab")
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_distill_can_continue_the_base_schedule(trained, tmp_path):
+    """A base stopped before the end of its cosine (saving its state) hands its optimizer and learning rate
+    to the distill stage, which runs the rest of the schedule instead of warming up again."""
+    corpus = trained.parent / "corpus"
+    base = ["--corpus", str(corpus), "--vocab-size", "300", "--hidden", "32", "--layers", "1", "--heads", "2",
+            "--kv-heads", "1", "--head-dim", "16", "--intermediate", "64", "--seq-len", "32", "--block-size", "8",
+            "--batch", "4", "--ar-steps", "6", "--joint-steps", "14", "--lr", "3e-3", "--log-every", "1000"]
+    assert train_main(["--out", str(tmp_path / "base"), "--stop-after", "12", "--save-state", *base]) == 0
+    state = torch.load(tmp_path / "base" / "train_state.pt", weights_only=False)
+    assert state["step"] == 12 and state["total"] == 20
+    assert train_main(["distill", "--init", str(tmp_path / "base"), "--out", str(tmp_path / "d"), "--corpus",
+                       str(corpus), "--continuations", "20", "--prefix-min", "4", "--prefix-max", "12", "--cont-len",
+                       "16", "--loop-ngram", "0", "--batch", "4", "--ar-batch", "4", "--seq-len", "32",
+                       "--continue-schedule", "--log-every", "1000"]) == 0
+    curve = json.load(open(tmp_path / "d" / "loss_curve.json"))
+    assert len(curve) == 8          # the 8 steps left of the base's 20

@@ -141,7 +141,8 @@ def main(argv=None):
     if args.save_state:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": len(curve),
-                    "curve": curve}, os.path.join(args.out, "train_state.pt"))
+                    "curve": curve, "lr": args.lr, "warm": warm, "total": total},
+                   os.path.join(args.out, "train_state.pt"))
     with open(os.path.join(args.out, "loss_curve.json"), "w") as f:
         json.dump(curve, f)
     with open(os.path.join(args.out, "heldout.txt"), "w", encoding="utf-8") as f:

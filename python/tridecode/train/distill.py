@@ -40,6 +40,10 @@ def _common(ap):
     ap.add_argument("--loop-ngram", type=int, default=4, help="cut a continuation where an n-gram repeats (0: never)")
     ap.add_argument("--min-cont", type=int, default=16, help="drop continuations shorter than this after the cut")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--continue-schedule", action="store_true",
+                    help="continue the optimizer and learning-rate schedule the base saved (--save-state) "
+                         "instead of a new warmup and cosine: the steps left of the base's schedule "
+                         "(--steps is then ignored); restarting a finished schedule costs AR quality")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=50)
@@ -162,9 +166,22 @@ def main(stage: str, argv) -> int:
         params = model.add_lora(args.rank, args.lora_alpha, args.seed)
     else:
         params = [p for p in model.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0 if stage == "lora" else 0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    if stage == "distill" and args.continue_schedule:
+        state = torch.load(os.path.join(args.init, "train_state.pt"), weights_only=False)
+        model.load_state_dict(state["model"])
+        opt = torch.optim.AdamW(params, lr=state["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+        opt.load_state_dict(state["optimizer"])
+        warm, total = state["warm"], state["total"]
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+        sched.load_state_dict(state["scheduler"])
+        args.steps = total - state["step"]
+        print(f"continuing the base's schedule at step {state['step']} of {total}: lr {sched.get_last_lr()[0]:.2e}, "
+              f"{args.steps} steps", flush=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0 if stage == "lora" else 0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     curve = []
     start = time.time()
     steps = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
