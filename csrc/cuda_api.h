@@ -32,9 +32,11 @@ struct EmuLaunch {
   size_t dynamic_shared;
   size_t static_shared;
   double seconds;       // host time the emulation took
+  bool counted;         // the fields below were counted (setting count_traffic on)
+  uint64_t load_bytes, store_bytes;        // global memory, as the threads request it
 };
 // Settings by name: sm_count, memory_bytes, reverse (0/1), stack_bytes, static_shared_limit,
-// shared_optin_limit, record_launches (0/1). The backend reads sm_count once, when first used.
+// shared_optin_limit, record_launches (0/1), count_traffic (0/1). The backend reads sm_count once, when first used.
 std::vector<std::pair<std::string, int64_t>> emu_settings();
 void emu_configure(const std::string& key, int64_t value);
 std::vector<EmuLaunch> emu_take_launches();   // launches recorded since the last call (record_launches=1)

@@ -115,3 +115,27 @@ def test_crop_and_forward_reject_bad_arguments(model):
     with pytest.raises(ValueError, match="logits"):
         model.forward([1], logits="first")
     assert model.cache_length == 5
+
+
+def test_random_cache_rows_act_like_cached_tokens(model):
+    """append_random_cache(n) stands for n cached tokens (benchmarks over a long context): a forward sees
+    the rows, the same seeds give the same rows, and the room is checked."""
+    base = model.forward([5, 6, 7], mode="causal", write_cache=False, logits="last")
+    model.append_random_cache(100, seed=4)
+    assert model.cache_length == 100
+    got = model.forward([5, 6, 7], mode="causal", write_cache=False, logits="last")
+    assert not np.allclose(got, base)
+    model.reset()
+    model.append_random_cache(60, seed=4)
+    model.append_random_cache(40, seed=5)
+    other = model.forward([5, 6, 7], mode="causal", write_cache=False, logits="last")
+    model.reset()
+    model.append_random_cache(60, seed=4)
+    model.append_random_cache(40, seed=5)
+    np.testing.assert_array_equal(model.forward([5, 6, 7], mode="causal", write_cache=False, logits="last"), other)
+    with pytest.raises(ValueError, match="capacity is 128"):
+        model.append_random_cache(29)
+    with pytest.raises(ValueError, match="append_random_cache: n"):
+        model.append_random_cache(-1)
+    model.append_random_cache(28)
+    assert model.cache_length == 128

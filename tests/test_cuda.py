@@ -326,3 +326,51 @@ def test_emulator_settings_change_the_device():
     bad = subprocess.run([sys.executable, "-c", "import tridecode; tridecode._C.cuda_device_count()"],
                          capture_output=True, text=True, env=dict(os.environ, TD_CUDA_EMU_SM_COUNT="many"))
     assert bad.returncode != 0 and "TD_CUDA_EMU_SM_COUNT=many" in bad.stderr
+
+
+# ---- traffic counters (the emulator's count_traffic) ----
+
+def test_traffic_counters_count_each_byte_a_copy_moves():
+    """kv_write and swiglu touch each element once: the counters see exactly their bytes; with counting
+    off, launches carry no counts."""
+    if not tridecode.cuda_emulated():
+        pytest.skip("traffic counters belong to the CUDA emulator")
+    emu = _C.cuda_emu
+    n, kv_heads, head_dim = 5, 2, 16
+    cache = Guarded((kv_heads, n + 3, head_dim))
+    cd = dev(rng.standard_normal((n, kv_heads, head_dim)).astype(np.float32))
+    gate, up = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    emu.take_launches()
+    emu.configure(record_launches=1, count_traffic=1)
+    try:
+        _C.cuda_raw.kv_write(cache.ptr, cd.ptr, n, kv_heads, head_dim, 1, (n + 3) * head_dim)
+        ops.swiglu(gate, up, device="cuda")
+        emu.configure(count_traffic=0)
+        ops.swiglu(gate, up, device="cuda")
+    finally:
+        emu.configure(record_launches=0, count_traffic=0)
+    log = [(k, t) for k, *_, t in emu.take_launches()]
+    chunk = n * kv_heads * head_dim * 4
+    assert log == [("kv_write_kernel", (chunk, chunk)), ("swiglu_kernel", (2 * 4000, 4000)),
+                   ("swiglu_kernel", None)], log
+
+
+def test_a_long_cached_context_without_its_prefill():
+    """append_random_cache: the same seed gives the same cache on either backend (one counter hash), a
+    forward sees it, and the room is checked."""
+    cfg = json.load(open(f"{GOLDEN_DIR}/config.json"))
+    outs = []
+    for dev_name in ("cpu", "cuda"):
+        m = tridecode.random_model(cfg, device=dev_name, dtype="float32", max_context=300, seed=3)
+        base = m.forward([5, 6, 7], "causal", write_cache=False, logits="last")
+        m.append_random_cache(200, seed=9)
+        assert m.cache_length == 200
+        got = m.forward([5, 6, 7], "causal", write_cache=False, logits="last")
+        assert not np.allclose(got, base)
+        m.reset()
+        m.append_random_cache(200, seed=9)
+        np.testing.assert_array_equal(m.forward([5, 6, 7], "causal", write_cache=False, logits="last"), got)
+        with pytest.raises(ValueError, match="capacity is 300"):
+            m.append_random_cache(101)
+        outs.append(got)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)

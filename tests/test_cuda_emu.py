@@ -27,9 +27,12 @@ ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 EMU = os.path.join(CSRC, "cuda_emu")
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-RUNTIME = [os.path.join(EMU, f) for f in ("fiber.cpp", "scheduler.cpp", "runtime.cpp")]
+RUNTIME = [os.path.join(EMU, f) for f in ("fiber.cpp", "scheduler.cpp", "runtime.cpp", "traffic.cpp")]
 KERNELS = sorted(f for f in os.listdir(os.path.join(CSRC, "cuda")) if f.endswith(".cu"))
 ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+# Kernel sources get the access instrumentation that counts traffic (as in the package's EMU build), except
+# under AddressSanitizer, which cannot share a build with it.
+TRAFFIC_FLAGS = ["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0"]
 
 
 def _flags(include: str, asan: bool) -> list[str]:
@@ -37,12 +40,13 @@ def _flags(include: str, asan: bool) -> list[str]:
              f"-I{CSRC}"] + (ASAN_FLAGS if asan else []))
 
 
-def _compile(jobs: list[tuple[str, str]], include: str, asan: bool) -> None:
+def _compile(jobs: list[tuple[str, str]], include: str, asan: bool, kernels: bool = False) -> None:
     assert CXX, "a C++ compiler is needed to build the emulator tests"
+    extra = TRAFFIC_FLAGS if kernels and not asan else []
 
     def one(job):
         src, obj = job
-        p = subprocess.run([CXX, *_flags(include, asan), "-c", src, "-o", obj], capture_output=True, text=True)
+        p = subprocess.run([CXX, *_flags(include, asan), *extra, "-c", src, "-o", obj], capture_output=True, text=True)
         assert p.returncode == 0, f"compiling {src}:\n{p.stderr[-3000:]}"
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -90,7 +94,7 @@ class Builds:
                      [os.path.join(CSRC, "cuda", f) for f in os.listdir(os.path.join(CSRC, "cuda")) if f.endswith(".cuh")])
             jobs = [(os.path.join(src, k[:-3] + ".cpp"), os.path.join(d, k + ".o")) for k in KERNELS]
             jobs.append((os.path.join(HERE, "cuda_emu", "driver.cpp"), os.path.join(d, "driver.o")))
-            _compile(jobs, d, asan)
+            _compile(jobs, d, asan, kernels=True)
             self.kernels[asan] = {os.path.basename(o)[:-2]: o for _, o in jobs}
         return self.kernels[asan]
 
@@ -99,7 +103,7 @@ class Builds:
         exe = os.path.join(d, "cases")
         if not os.path.exists(exe):
             _rewrite(d, [os.path.join(HERE, "cuda_emu", "cases.cu")])
-            _compile([(os.path.join(d, "cases.cpp"), os.path.join(d, "cases.o"))], d, asan)
+            _compile([(os.path.join(d, "cases.cpp"), os.path.join(d, "cases.o"))], d, asan, kernels=True)
             _link(exe, [os.path.join(d, "cases.o"), *self.runtime_objs(asan)], asan)
         return exe
 
@@ -119,7 +123,8 @@ class Builds:
             # The mutated file's includes resolve to the unmutated rewritten headers.
             inc = os.path.join(self.root, f"kernels-{asan}")
             obj = os.path.join(d, file + ".o")
-            p = subprocess.run([CXX, *_flags(inc, asan), "-c", os.path.join(d, "cuda", file[:-3] + ".cpp"), "-o", obj],
+            extra = [] if asan else TRAFFIC_FLAGS
+            p = subprocess.run([CXX, *_flags(inc, asan), *extra, "-c", os.path.join(d, "cuda", file[:-3] + ".cpp"), "-o", obj],
                                capture_output=True, text=True)
             assert p.returncode == 0, p.stderr[-3000:]
             objs[file] = obj
@@ -221,6 +226,19 @@ def test_reverse_order_exposes_a_race_the_forward_order_hides(builds):
     passes(fwd)
     passes(rev)
     assert fwd.stdout.startswith("right") and rev.stdout.startswith("wrong")
+
+
+def test_traffic_counts_what_the_threads_request(builds):
+    """The byte counts of traffic_kernel and traffic_wmma_kernel, worked out from their source (cases.cu):
+    global memory only, a broadcast value once per thread, a WMMA tile once per warp, nothing when off."""
+    p = run(builds.cases(False), "traffic")
+    passes(p)
+    rows = [line.split() for line in p.stdout.splitlines() if line.startswith("traffic")]
+    loads = 64 * 4 + 64 * 4 + 64 * 16          # own element, element 0, the 16-byte __ldg
+    stores = 64 * 4 + 16                        # own element, thread 0's float4
+    assert rows == [["traffic_kernel", str(loads), str(stores)],
+                    ["traffic_wmma_kernel", str(16 * 16 * 2), str(16 * 16 * 4)],
+                    ["traffic_kernel", "uncounted"]], p.stdout
 
 
 def test_malformed_settings_are_refused(builds):

@@ -237,6 +237,10 @@ class PyModel {
     TD_CHECK(n >= 0 && n <= INT32_MAX, "[kv_cache] cannot crop to ", n, " tokens");
     locked([&] { model_->cache().crop(static_cast<int>(n)); });
   }
+  void append_random_cache(int64_t n, uint64_t seed) {
+    TD_CHECK(n >= 0 && n <= INT32_MAX, "[kv_cache] cannot append ", n, " tokens");
+    locked([&] { model_->cache().append_random(static_cast<int>(n), seed); });
+  }
 
  private:
   int chunk_len(const IdArray& ids, int& logits_from) const {
@@ -322,12 +326,17 @@ PYBIND11_MODULE(_C, m) {
   });
   emu.def("take_launches", [] {
     py::list out;
-    for (const auto& r : td::cuda::emu_take_launches())
+    for (const auto& r : td::cuda::emu_take_launches()) {
+      py::object traffic = py::none();
+      if (r.counted) traffic = py::make_tuple(r.load_bytes, r.store_bytes);
       out.append(py::make_tuple(r.kernel, r.template_args, py::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
                                 py::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_shared, r.static_shared,
-                                r.seconds));
+                                r.seconds, traffic));
+    }
     return out;
-  }, "(kernel, template_args, grid, block, dynamic_shared, static_shared, seconds) of each launch since the last call");
+  }, "(kernel, template_args, grid, block, dynamic_shared, static_shared, seconds, traffic) of each launch since "
+     "the last call; traffic: (load_bytes, store_bytes) of global memory as the threads request it, when "
+     "count_traffic is on, else None");
   m.def("cpu_isa", [] { return std::string(td::cpu::simd().isa); });
   m.def("num_threads", [] { return omp_get_max_threads(); });
   m.def("set_num_threads", [](int n) {
@@ -355,7 +364,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("capacity", &PyModel::capacity)
       .def_property_readonly("cache_bytes", &PyModel::cache_bytes)
       .def("reset", &PyModel::reset)
-      .def("crop", &PyModel::crop);
+      .def("crop", &PyModel::crop)
+      .def("append_random_cache", &PyModel::append_random_cache, py::arg("n"), py::arg("seed") = 0);
 
   // ---- single ops on numpy arrays (fp32 activations; weights in a stored dtype code) ----
   m.def("rms_norm", [](F32Array x, py::array w, int wcode, float eps) {

@@ -1,11 +1,13 @@
 #include "core/kv_cache.h"
 
+#include "core/backend.h"
 #include "core/check.h"
 
 namespace td {
 
 KVCache::KVCache(Backend& backend, int layers, int kv_heads, int head_dim, int capacity)
-    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity), k_(backend), v_(backend) {
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity), backend_(&backend),
+      k_(backend), v_(backend) {
   TD_CHECK(capacity > 0, "[kv_cache] capacity must be positive, got ", capacity);
   layer_stride_ = static_cast<int64_t>(kv_heads) * capacity * head_dim;
   const size_t bytes = static_cast<size_t>(layer_stride_) * layers * sizeof(float);
@@ -27,6 +29,18 @@ void KVCache::check_room(int n) const {
 
 void KVCache::append(int n) {
   check_room(n);
+  length_ += n;
+}
+
+void KVCache::append_random(int n, uint64_t seed) {
+  check_room(n);
+  for (int l = 0; l < layers_; ++l)
+    for (int h = 0; h < kv_heads_; ++h) {
+      const int64_t row0 = h * head_stride() + static_cast<int64_t>(length_) * head_dim_;
+      const uint64_t s = seed ^ (static_cast<uint64_t>(l * kv_heads_ + h) << 32) ^ static_cast<uint64_t>(length_);
+      backend_->fill_random(k(l) + row0, DType::F32, static_cast<int64_t>(n) * head_dim_, 1.0f, s * 2);
+      backend_->fill_random(v(l) + row0, DType::F32, static_cast<int64_t>(n) * head_dim_, 1.0f, s * 2 + 1);
+    }
   length_ += n;
 }
 

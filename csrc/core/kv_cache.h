@@ -22,6 +22,8 @@ class KVCache {
   void crop(int new_length);      // keeps tokens 0..new_length-1; new_length <= length
   void append(int n);             // commits rows length..length+n-1, already written by a forward
   void check_room(int n) const;   // throws when length + n exceeds the capacity
+  // Appends n rows of N(0, 1) K and V (benchmarks: a long cached context without running its prefill).
+  void append_random(int n, uint64_t seed);
 
   float* k(int layer) { return static_cast<float*>(k_.get()) + layer * layer_stride_; }
   float* v(int layer) { return static_cast<float*>(v_.get()) + layer * layer_stride_; }
@@ -32,6 +34,7 @@ class KVCache {
  private:
   int layers_ = 0, kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, length_ = 0;
   int64_t layer_stride_ = 0;
+  Backend* backend_ = nullptr;
   Buffer k_, v_;
 };
 

@@ -83,6 +83,9 @@ int block_barrier(Site site, int op, int predicate);
 // Throws a KernelFault naming the running kernel and thread (or a plain one outside kernels).
 [[noreturn]] void fail(const std::string& what);
 [[noreturn]] void fail_misaligned(const char* op, const void* p, size_t alignment);
+// Counts one global-memory access of the given width when traffic is being counted (traffic.cpp); the
+// loads and stores of instrumented kernel code reach it by themselves, the __ldg family explicitly.
+void note_access(const void* p, size_t bytes, bool store);
 bool in_kernel();
 // Static __shared__ bookkeeping (inserted after each declaration by rewrite.py): counts the bytes against
 // the limit and poisons the array (0xff bytes: NaN for floats) the first time a block reaches it.
@@ -171,13 +174,15 @@ inline T shfl(Site s, int op, unsigned mask, T v, int arg, int width) {
   return from_bits<T>(warp_op(s, op, mask, to_bits(v), arg, width));
 }
 template <class T>
-inline T checked_load(const char* op, const T* p) {
+__attribute__((no_sanitize_thread)) inline T checked_load(const char* op, const T* p) {
   if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) fail_misaligned(op, p, alignof(T));
+  note_access(p, sizeof(T), false);   // the whole width, whichever members the caller then uses
   return *p;
 }
 template <class T>
-inline void checked_store(const char* op, T* p, const T& v) {
+__attribute__((no_sanitize_thread)) inline void checked_store(const char* op, T* p, const T& v) {
   if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) fail_misaligned(op, p, alignof(T));
+  note_access(p, sizeof(T), true);
   *p = v;
 }
 

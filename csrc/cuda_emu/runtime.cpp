@@ -149,6 +149,11 @@ cudaError_t set_error(cudaError_t code, const std::string& detail) {
   return code;
 }
 
+std::vector<std::pair<uintptr_t, size_t>> device_ranges() {
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  return {g_device.begin(), g_device.end()};
+}
+
 bool is_device_range(const void* p, size_t bytes, std::string* why) {
   std::lock_guard<std::mutex> lock(g_mem_mutex);
   return device_range_locked(p, bytes, why);

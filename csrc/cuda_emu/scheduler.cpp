@@ -620,6 +620,16 @@ void launch(const LaunchSpec& sp, ThreadFn body, void* ctx) {
   const auto t0 = std::chrono::steady_clock::now();
   const dim3 g = sp.grid;
   const unsigned long long blocks = static_cast<unsigned long long>(g.x) * g.y * g.z;
+  Traffic traffic;
+  struct Counter {
+    bool on;
+    Counter(bool on, Traffic* t) : on(on) {
+      if (on) traffic_begin(t);
+    }
+    ~Counter() {
+      if (on) traffic_end();
+    }
+  } counter(s.count_traffic, &traffic);
   for (unsigned long long k = 0; k < blocks; ++k) {
     const unsigned long long b = r.reverse ? blocks - 1 - k : k;
     r.block = uint3{static_cast<unsigned>(b % g.x), static_cast<unsigned>(b / g.x % g.y),
@@ -630,7 +640,8 @@ void launch(const LaunchSpec& sp, ThreadFn body, void* ctx) {
   if (s.record_launches)
     record_launch(LaunchRecord{sp.kernel, template_args(sp.context), {g.x, g.y, g.z},
                                {sp.block.x, sp.block.y, sp.block.z}, sp.dynamic_shared, r.max_static_shared,
-                               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
+                               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                               s.count_traffic, traffic});
 }
 
 }  // namespace td_emu

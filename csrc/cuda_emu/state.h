@@ -17,6 +17,7 @@ struct Settings {
   size_t static_shared_limit = 48 << 10;       // static __shared__ per block
   size_t shared_optin_limit = 227 << 10;       // static + dynamic, with cudaFuncSetAttribute (H100)
   bool record_launches = false;
+  bool count_traffic = false;                  // count each launch's global-memory traffic (traffic.cpp)
 };
 // The settings, read from TD_CUDA_EMU_* environment variables on first use (std::invalid_argument on a
 // malformed value); tests change them through the control API.
@@ -31,6 +32,16 @@ bool is_device_range(const void* p, size_t bytes, std::string* why);
 int dynamic_shared_limit(const void* fn);
 bool is_valid_stream(cudaStream_t s);
 
+// Global-memory bytes of one launch, as the threads request them (traffic.cpp).
+struct Traffic {
+  uint64_t load_bytes = 0, store_bytes = 0;
+};
+// Count the accesses of the calling thread's kernel code into *out until traffic_end().
+void traffic_begin(Traffic* out);
+void traffic_end();
+// The live device allocations (base, size), for traffic.cpp's address test.
+std::vector<std::pair<uintptr_t, size_t>> device_ranges();
+
 struct LaunchRecord {
   std::string kernel;
   std::string template_args;   // of the launching function, e.g. "td::DType WT = td::DType::BF16"
@@ -39,6 +50,8 @@ struct LaunchRecord {
   size_t dynamic_shared;
   size_t static_shared;
   double seconds;              // host time the emulation took
+  bool counted = false;        // traffic below was counted (count_traffic on)
+  Traffic traffic;
 };
 void record_launch(LaunchRecord r);
 std::vector<LaunchRecord> take_launch_log();

@@ -94,6 +94,14 @@ class Model:
         """Rolls the cache back to its first `length` tokens (0 <= length <= cache_length)."""
         self._native.crop(check.integer("crop: length", length, 0, self._native.cache_length))
 
+    @_locked
+    def append_random_cache(self, n: int, seed: int = 0) -> None:
+        """Appends n cached tokens of random K/V (N(0, 1)) without running a prefill: for benchmarks and
+        traffic counts of a forward over a long context."""
+        n = check.integer("append_random_cache: n", n, 0, None)
+        self.check_room(n)
+        self._native.append_random_cache(n, check.integer("append_random_cache: seed", seed, 0, 2**64 - 1))
+
     def check_room(self, tokens: int) -> None:
         if self.cache_length + tokens > self.max_context:
             raise ValueError(f"the request needs {self.cache_length + tokens} tokens of KV cache, but the "

@@ -20,6 +20,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda_emu/state.h"   // the launch log and the traffic setting (the traffic case)
+
 #define CHECK(x)                                                                                    \
   do {                                                                                              \
     cudaError_t e_ = (x);                                                                           \
@@ -484,6 +486,58 @@ __global__ void oob_shared_kernel(float* out) {
   out[threadIdx.x] = tile[threadIdx.x % 32];
 }
 
+// Traffic counting (builds with the access instrumentation, see traffic.cpp): per thread of 64, a 4-byte
+// load of its own element, a 4-byte load of element 0 (the same address for every lane: counted 64 times),
+// a 16-byte __ldg, a stack array and a shared array (never counted), a 4-byte store; thread 0 also stores
+// 16 bytes. A warp then loads a 16x16 half tile (512 bytes) and stores a 16x16 float tile (1024 bytes),
+// once per warp, not once per lane.
+__global__ void traffic_kernel(const float* in, const float4* in4, float* out, float4* out4) {
+  __shared__ float stage[64];
+  float local[8];
+  const int t = threadIdx.x;
+  for (int i = 0; i < 8; ++i) local[i] = in[t] + static_cast<float>(i);
+  const float4 v = __ldg(in4 + t);
+  stage[t] = local[t % 8] + in[0] + v.x + v.w;
+  __syncthreads();
+  out[t] = stage[63 - t];
+  if (t == 0) out4[0] = make_float4(1.0f, 2.0f, 3.0f, 4.0f);
+}
+
+__global__ void traffic_wmma_kernel(const __half* a, float* d) {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa;
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> fb;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> fc;
+  nvcuda::wmma::load_matrix_sync(fa, a, 16);
+  nvcuda::wmma::fill_fragment(fb, __float2half(1.0f));
+  nvcuda::wmma::fill_fragment(fc, 0.0f);
+  nvcuda::wmma::mma_sync(fc, fa, fb, fc);
+  nvcuda::wmma::store_matrix_sync(d, fc, 16, nvcuda::wmma::mem_row_major);
+}
+
+// Prints "kernel load_bytes store_bytes" per counted launch; the uncounted launch prints "uncounted".
+int case_traffic() {
+  Buf<float> in(64), out(64);
+  Buf<float4> in4(64), out4(1);
+  Buf<__half> a(256);
+  Buf<float> d(256);
+  in.put(std::vector<float>(64, 1.0f));
+  td_emu::settings().record_launches = true;
+  td_emu::settings().count_traffic = true;
+  traffic_kernel<<<1, 64>>>(in.p, in4.p, out.p, out4.p);
+  traffic_wmma_kernel<<<1, 32>>>(a.p, d.p);
+  td_emu::settings().count_traffic = false;
+  traffic_kernel<<<1, 64>>>(in.p, in4.p, out.p, out4.p);
+  CHECK(cudaGetLastError());
+  for (const auto& r : td_emu::take_launch_log()) {
+    if (r.counted)
+      std::printf("%s %llu %llu\n", r.kernel.c_str(), static_cast<unsigned long long>(r.traffic.load_bytes),
+                  static_cast<unsigned long long>(r.traffic.store_bytes));
+    else
+      std::printf("%s uncounted\n", r.kernel.c_str());
+  }
+  return 0;
+}
+
 // A fault case: launches a wrong kernel; reaching the end means the emulator did not notice.
 #define FAULT_CASE(kernel, threads)                                                                \
   [] {                                                                                              \
@@ -522,6 +576,7 @@ int main(int argc, char** argv) {
       {"memcpy_bounds", case_memcpy_bounds},
       {"out_of_memory", case_out_of_memory},
       {"race", case_race},
+      {"traffic", case_traffic},
       {"exit_before_barrier", FAULT_CASE(launch_exit_before_barrier, 64)},
       {"two_barriers", FAULT_CASE(launch_two_barriers, 64)},
       {"half_warp_shuffle", FAULT_CASE(launch_half_warp_shuffle, 64)},
