@@ -246,3 +246,14 @@ def test_distill_can_continue_the_base_schedule(trained, tmp_path):
                        "--continue-schedule", "--log-every", "1000"]) == 0
     curve = json.load(open(tmp_path / "d" / "loss_curve.json"))
     assert len(curve) == 8          # the 8 steps left of the base's 20
+
+
+def test_eval_reports_the_held_out_loss_the_stage_recorded(trained, distilled, capsys):
+    corpus = trained.parent / "corpus"
+    recorded = json.load(open(distilled / "config.json"))["training"]["heldout_ar_loss"]
+    capsys.readouterr()
+    assert train_main(["eval", "--init", str(distilled), "--corpus", str(corpus)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    got = float(line.split("held-out AR loss ")[1].split()[0])
+    assert got == pytest.approx(recorded, abs=2e-4), line
+    assert train_main(["eval", "--init", str(distilled), "--corpus", str(distilled)]) == 1   # another corpus

@@ -3,6 +3,7 @@
     python -m tridecode.train --out BASE ...                  the base: AR warm-up, then joint AR + diffusion
     python -m tridecode.train distill --init BASE --out DIR   self-distillation on the model's own AR output
     python -m tridecode.train lora --init DIR                 the self-speculation LoRA drafter (DIR/linear_spec_lora)
+    python -m tridecode.train eval --init DIR                 the held-out AR loss of a checkpoint
 
 Example (a small model on the standard library sources, CPU):
     python -m tridecode.train --out model-dir --ar-steps 300 --joint-steps 1200
@@ -59,13 +60,16 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    stage = argv[0] if argv and argv[0] in ("distill", "lora") else None
+    stage = argv[0] if argv and argv[0] in ("distill", "lora", "eval") else None
     args = None if stage else build_parser().parse_args(argv)
     try:
         import torch
     except ImportError:
         print("tridecode.train needs torch: pip install 'tridecode[train]'", file=sys.stderr)
         return 2
+    if stage == "eval":
+        from . import distill
+        return distill.evaluate(argv[1:])
     if stage:
         from . import distill
         return distill.main(stage, argv[1:])

@@ -132,6 +132,37 @@ def pack(batch, pad_id: int):
     return x0, offsets, valid
 
 
+def evaluate(argv) -> int:
+    """python -m tridecode.train eval --init DIR: the held-out AR loss the recipe reports (64 evenly spaced
+    windows of 128 tokens of the held-out files), for any checkpoint this recipe wrote."""
+    import torch
+
+    from . import checkpoint
+    from .data import encode_stream, load_corpus
+    from .objective import heldout_ar_loss
+
+    ap = argparse.ArgumentParser(prog="python -m tridecode.train eval", description=evaluate.__doc__)
+    ap.add_argument("--init", required=True, help="the checkpoint to evaluate")
+    ap.add_argument("--corpus", default="stdlib")
+    ap.add_argument("--max-files", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, cfg = checkpoint.load(args.init)
+    corpus = load_corpus(args.corpus, args.max_files)
+    digest = cfg.get("training", {}).get("corpus_sha256") or cfg.get("training", {}).get("base", {}).get("corpus_sha256")
+    if digest and corpus.digest != digest:
+        print(f"corpus digest {corpus.digest} != the one {args.init} was trained on ({digest})", file=sys.stderr)
+        return 1
+    _, held_texts = corpus.split()
+    held = torch.tensor(encode_stream(tok, held_texts), dtype=torch.long)
+    with torch.no_grad():
+        loss = heldout_ar_loss(model, held, 128)
+    print(f"{args.init}: held-out AR loss {loss:.4f} ({held.numel()} held-out tokens, 64 windows of 128)")
+    return 0
+
+
 def main(stage: str, argv) -> int:
     import torch
 
