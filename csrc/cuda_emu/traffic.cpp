@@ -69,6 +69,9 @@ void traffic_end() {
 }  // namespace td_emu
 
 // The hooks the instrumentation calls (the ThreadSanitizer interface, as far as GCC and Clang emit it).
+// Not in AddressSanitizer builds: nothing is instrumented there, and the compiler declares these names
+// itself (with its own signatures) whenever a sanitizer is on.
+#ifndef __SANITIZE_ADDRESS__
 extern "C" {
 #define TD_EMU_HOOK __attribute__((visibility("hidden")))
 
@@ -156,3 +159,4 @@ TD_EMU_HOOK void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMI
 TD_EMU_HOOK void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 #undef TD_EMU_HOOK
 }
+#endif  // __SANITIZE_ADDRESS__
