@@ -45,7 +45,7 @@ CONFIG = {
 
 def matmul_op(name, rows, cols):
     """x [n, cols] @ W[rows, cols]^T -> [n, rows]"""
-    return (name, ("skinny_matmul_kernel", "tc_matmul_kernel"), 1,
+    return (name, ("skinny_matmul", "tc_matmul_kernel"), 1,
             lambda n, kv: (rows * cols * W + n * cols * A + n * rows * A, 2.0 * n * rows * cols))
 
 
@@ -67,7 +67,7 @@ def ops_table():
         matmul_op("down_proj", HIDDEN, INTER),
         ("add+next_norm", ("rms_norm_kernel",), 1, add_norm),
     ]
-    head = [("lm_head+select", ("skinny_matmul_kernel", "tc_matmul_kernel", "select_split_kernel",
+    head = [("lm_head+select", ("skinny_matmul", "tc_matmul_kernel", "select_split_kernel",
                                 "select_merge_kernel"), 3,
              lambda n, kv: (VOCAB * HIDDEN * W + n * HIDDEN * A + 2 * n * 4, 2.0 * n * VOCAB * HIDDEN))]
     pre = [("embed", ("embed_kernel",), 1, lambda n, kv: (n * HIDDEN * W + n * ID + n * HIDDEN * A, 0.0)),

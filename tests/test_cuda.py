@@ -295,7 +295,7 @@ def test_every_kernel_and_path_runs():
     launched = {k.split("<")[0] for k, *_ in log}
     missing = _kernels_in_source() - launched
     assert not missing, f"kernels never launched: {sorted(missing)}"
-    skinny = {(k, args) for k, args, *_ in log if k.startswith("skinny_matmul_kernel")}
+    skinny = {(k, args) for k, args, *_ in log if k.startswith("skinny_matmul")}
     assert len(skinny) == 6, f"skinny matmul variants: {sorted(skinny)}"   # 3 weight dtypes x vector/scalar
     splits = {grid[1] for k, _, grid, *_ in log if k == "attention_split_kernel"}
     assert 1 in splits and max(splits) > 1, splits

@@ -26,10 +26,10 @@ ARCHS = ("sm_80", "sm_90a")
 # occupancy target: 256-thread blocks at two or more blocks per SM (128 registers), 128-thread blocks at four.
 GATES = [
     (r"tc_matmul_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b"], 128),
-    (r"skinny_matmul_kernel<\(td::DType\)0, true>", [r"\bLDG\.E\.128"], 128),
-    (r"skinny_matmul_kernel<\(td::DType\)1, true>", [r"\bLDG\.E\.128"], 128),
-    (r"skinny_matmul_kernel<\(td::DType\)2, true>", [r"\bLDG\.E\.128"], 128),
-    (r"skinny_matmul_kernel<\(td::DType\)\d, false>", [], 128),
+    (r"skinny_matmul_vec_kernel<\(td::DType\)0>", [r"\bLDG\.E\.128"], 128),
+    (r"skinny_matmul_vec_kernel<\(td::DType\)1>", [r"\bLDG\.E\.128"], 128),
+    (r"skinny_matmul_vec_kernel<\(td::DType\)2>", [r"\bLDG\.E\.128"], 128),
+    (r"skinny_matmul_kernel<\(td::DType\)\d>", [], 128),
     (r"attention_split_kernel\(", [], 128),
     (r"select_split_kernel\(", [], 128),
 ]

@@ -1,10 +1,13 @@
 // out[m, n] = x[m, k] . W[n, k] for the skinny shapes of low-batch decoding (weight streaming).
 //
-// One warp per output row n and up to kMT input rows: the lanes split k, each reading 8 consecutive
-// weights per step (one 16-byte load for bf16/f16, two for fp32) and widening them in registers, so W is
-// streamed once per kMT rows of x at full width. x ([m, k], small) is read through the read-only cache.
-// More than kMT rows use several row tiles; the tiles that share W rows are adjacent in the launch order
-// (grid.x), so they run together and the re-reads of W hit L2 instead of HBM.
+// Vector path (k a multiple of 8, 16-byte aligned rows): a block of 8 warps owns 32 output rows (4 per
+// warp) and up to kMT input rows. The block stages its x rows in shared memory once per k-tile, so x is
+// read from global memory once per 32 weight rows instead of once per row; each lane then streams 8
+// consecutive weights of each of its warp's 4 rows per step (four independent 16-byte loads in flight),
+// widens them in registers and multiplies them by x from shared memory. Each lane visits k in the same
+// order as a one-row product would (lane * 8 + j * 256), so a row's result does not depend on how many
+// rows share the launch. More than kMT input rows use several row tiles, adjacent in the launch order.
+// Scalar path (any other shape): one warp per output row, x read through the read-only cache.
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
 
@@ -15,9 +18,13 @@ void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);
 namespace {
 
 constexpr int kTensorCoreMinRows = 64;  // prefill-sized chunks go to the tensor cores (bf16 weights)
-constexpr int kMT = 8;            // input rows per warp
-constexpr int kWarps = 8;         // output rows per block
+constexpr int kMT = 8;                  // input rows per block
+constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
+constexpr int kRowsPerWarp = 4;         // vector path: output rows per warp
+constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
+constexpr int kXTile = 8192;            // vector path: floats of x staged per k-tile (32 KiB)
+constexpr int kStep = 32 * 8;           // k covered by one warp step
 
 template <DType WT>
 __device__ __forceinline__ void load8(const void* w, int64_t i, float* f) {
@@ -42,8 +49,71 @@ __device__ __forceinline__ void load8(const void* w, int64_t i, float* f) {
   }
 }
 
-// kVec: k is a multiple of 8 and rows are 16-byte aligned, so the vector path covers every element.
-template <DType WT, bool kVec>
+// Vector path: grid (row tiles of x, blocks of kRowsPerBlock output rows).
+template <DType WT>
+__global__ void __launch_bounds__(kThreads) skinny_matmul_vec_kernel(const float* __restrict__ x, int m, int64_t k,
+                                                                     const void* __restrict__ w, int64_t n,
+                                                                     float* __restrict__ out) {
+  __shared__ __align__(16) float xs[kXTile];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int m0 = blockIdx.x * kMT;
+  const int mt = min(kMT, m - m0);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kRowsPerBlock + warp * kRowsPerWarp;
+  // The k-tile: a multiple of one warp step that holds mt rows of x.
+  const int64_t tile = max(static_cast<int64_t>(kStep), static_cast<int64_t>(kXTile / mt / kStep * kStep));
+  float acc[kRowsPerWarp][kMT];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int i = 0; i < kMT; ++i) acc[r][i] = 0.0f;
+  for (int64_t t0 = 0; t0 < k; t0 += tile) {
+    const int64_t tk = min(tile, k - t0);   // a multiple of 8
+    const int64_t quads = tk / 4;
+    __syncthreads();                        // the previous tile is consumed
+    for (int64_t e = threadIdx.x; e < mt * quads; e += kThreads) {
+      const int i = static_cast<int>(e / quads);
+      const int64_t c = e - i * quads;
+      reinterpret_cast<float4*>(xs + i * tk)[c] =
+          __ldg(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m0 + i) * k + t0) + c);
+    }
+    __syncthreads();
+    for (int64_t kk = static_cast<int64_t>(lane) * 8; kk < tk; kk += kStep) {
+      float wf[kRowsPerWarp][8];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        if (row0 + r < n) {
+          load8<WT>(w, (row0 + r) * k + t0 + kk, wf[r]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) wf[r][j] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kMT; ++i) {
+        if (i < mt) {
+          const float4 a = *reinterpret_cast<const float4*>(xs + i * tk + kk);
+          const float4 b = *reinterpret_cast<const float4*>(xs + i * tk + kk + 4);
+#pragma unroll
+          for (int r = 0; r < kRowsPerWarp; ++r)
+            acc[r][i] += a.x * wf[r][0] + a.y * wf[r][1] + a.z * wf[r][2] + a.w * wf[r][3] + b.x * wf[r][4] +
+                         b.y * wf[r][5] + b.z * wf[r][6] + b.w * wf[r][7];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int i = 0; i < kMT; ++i) {
+      if (i < mt) {                         // mt is the same for the whole block: no partial warp sums
+        const float s = warp_sum(acc[r][i]);
+        if (lane == 0 && row0 + r < n) out[static_cast<int64_t>(m0 + i) * n + row0 + r] = s;
+      }
+    }
+}
+
+// Scalar path: one warp per output row, grid (row tiles of x, blocks of kWarps output rows).
+template <DType WT>
 __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __restrict__ x, int m, int64_t k,
                                                                  const void* __restrict__ w, int64_t n,
                                                                  float* __restrict__ out) {
@@ -56,45 +126,31 @@ __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __
 #pragma unroll
   for (int i = 0; i < kMT; ++i) acc[i] = 0.0f;
   const int64_t wrow = row * k;
-  if constexpr (kVec) {
-    for (int64_t kk = static_cast<int64_t>(lane) * 8; kk < k; kk += 32 * 8) {
-      float wf[8];
-      load8<WT>(w, wrow + kk, wf);
+  for (int64_t kk = lane; kk < k; kk += 32) {
+    const float wv = load_f32(w, WT, wrow + kk);
 #pragma unroll
-      for (int i = 0; i < kMT; ++i) {
-        if (i < mt) {
-          const float* xr = x + static_cast<int64_t>(m0 + i) * k + kk;
-          const float4 a = __ldg(reinterpret_cast<const float4*>(xr));
-          const float4 b = __ldg(reinterpret_cast<const float4*>(xr + 4));
-          acc[i] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] +
-                    b.z * wf[6] + b.w * wf[7];
-        }
-      }
-    }
-  } else {
-    for (int64_t kk = lane; kk < k; kk += 32) {
-      const float wv = load_f32(w, WT, wrow + kk);
-#pragma unroll
-      for (int i = 0; i < kMT; ++i)
-        if (i < mt) acc[i] += x[static_cast<int64_t>(m0 + i) * k + kk] * wv;
-    }
+    for (int i = 0; i < kMT; ++i)
+      if (i < mt) acc[i] += x[static_cast<int64_t>(m0 + i) * k + kk] * wv;
   }
 #pragma unroll
   for (int i = 0; i < kMT; ++i) {
-    const float s = warp_sum(acc[i]);
-    if (lane == 0 && i < mt) out[static_cast<int64_t>(m0 + i) * n + row] = s;
+    if (i < mt) {
+      const float s = warp_sum(acc[i]);
+      if (lane == 0) out[static_cast<int64_t>(m0 + i) * n + row] = s;
+    }
   }
 }
 
 template <DType WT>
 void launch(const float* x, int m, const WeightView& w, float* out) {
-  const dim3 grid(blocks_for(m, kMT), blocks_for(w.rows, kWarps));
   const bool vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(x) % 16 == 0;
   if (vec)
-    skinny_matmul_kernel<WT, true><<<grid, kThreads>>>(x, m, w.cols, w.data, w.rows, out);
+    skinny_matmul_vec_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kRowsPerBlock)), kThreads>>>(
+        x, m, w.cols, w.data, w.rows, out);
   else
-    skinny_matmul_kernel<WT, false><<<grid, kThreads>>>(x, m, w.cols, w.data, w.rows, out);
+    skinny_matmul_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kWarps)), kThreads>>>(
+        x, m, w.cols, w.data, w.rows, out);
 }
 
 }  // namespace
