@@ -132,13 +132,29 @@ def pack(batch, pad_id: int):
     return x0, offsets, valid
 
 
+def _corpus_of(args, cfg: dict):
+    """The corpus of --corpus, or None (with the reason printed) when it is not the one the checkpoint was
+    trained on: the digest the first stage recorded, found by following each stage's `base` record."""
+    from .data import load_corpus
+
+    corpus = load_corpus(args.corpus, args.max_files)
+    record = cfg.get("training", {})
+    while "base" in record and "corpus_sha256" not in record:
+        record = record["base"] or {}
+    digest = record.get("corpus_sha256")
+    if digest and corpus.digest != digest:
+        print(f"corpus digest {corpus.digest} != the one {args.init} was trained on ({digest})", file=sys.stderr)
+        return None
+    return corpus
+
+
 def evaluate(argv) -> int:
     """python -m tridecode.train eval --init DIR: the held-out AR loss the recipe reports (64 evenly spaced
     windows of 128 tokens of the held-out files), for any checkpoint this recipe wrote."""
     import torch
 
     from . import checkpoint
-    from .data import encode_stream, load_corpus
+    from .data import encode_stream
     from .objective import heldout_ar_loss
 
     ap = argparse.ArgumentParser(prog="python -m tridecode.train eval", description=evaluate.__doc__)
@@ -150,10 +166,8 @@ def evaluate(argv) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, cfg = checkpoint.load(args.init)
-    corpus = load_corpus(args.corpus, args.max_files)
-    digest = cfg.get("training", {}).get("corpus_sha256") or cfg.get("training", {}).get("base", {}).get("corpus_sha256")
-    if digest and corpus.digest != digest:
-        print(f"corpus digest {corpus.digest} != the one {args.init} was trained on ({digest})", file=sys.stderr)
+    corpus = _corpus_of(args, cfg)
+    if corpus is None:
         return 1
     _, held_texts = corpus.split()
     held = torch.tensor(encode_stream(tok, held_texts), dtype=torch.long)
@@ -167,7 +181,7 @@ def main(stage: str, argv) -> int:
     import torch
 
     from . import checkpoint
-    from .data import MASK_ID, PAD_ID, encode_stream, load_corpus
+    from .data import MASK_ID, PAD_ID, encode_stream
     from .objective import ar_loss, diffusion_terms, heldout_ar_loss
 
     args = build_parser(stage).parse_args(argv)
@@ -177,10 +191,8 @@ def main(stage: str, argv) -> int:
         torch.set_num_threads(args.threads)
     model, tok, cfg = checkpoint.load(args.init)
     block = int(cfg.get("block_size") or 16)
-    corpus = load_corpus(args.corpus, args.max_files)
-    base_digest = cfg.get("training", {}).get("corpus_sha256")
-    if base_digest and corpus.digest != base_digest:
-        print(f"corpus digest {corpus.digest} != the one {args.init} was trained on ({base_digest})", file=sys.stderr)
+    corpus = _corpus_of(args, cfg)
+    if corpus is None:
         return 1
     train_texts, held_texts = corpus.split()
     stream = torch.tensor(encode_stream(tok, train_texts), dtype=torch.long)
