@@ -111,6 +111,10 @@ TD_EMU_HOOK void __tsan_write_range(void* p, unsigned long n) { td_emu::note(p, 
 
 // Atomics in instrumented code (host-side reference counts, for instance) are performed as written, with
 // the strongest ordering; device-memory atomics of kernels are plain code in the emulator and counted above.
+#define TD_EMU_RMW(BITS, T, OP)                                                                         \
+  TD_EMU_HOOK T __tsan_atomic##BITS##_##OP(volatile T* a, T v, int) {                                   \
+    return __atomic_##OP(a, v, __ATOMIC_SEQ_CST);                                                        \
+  }
 #define TD_EMU_ATOMIC(BITS, T)                                                                          \
   TD_EMU_HOOK T __tsan_atomic##BITS##_load(const volatile T* a, int) {                                  \
     return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                         \
@@ -121,24 +125,12 @@ TD_EMU_HOOK void __tsan_write_range(void* p, unsigned long n) { td_emu::note(p, 
   TD_EMU_HOOK T __tsan_atomic##BITS##_exchange(volatile T* a, T v, int) {                               \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                  \
   }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_add(volatile T* a, T v, int) {                              \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                   \
-  }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_sub(volatile T* a, T v, int) {                              \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                   \
-  }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_and(volatile T* a, T v, int) {                              \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                   \
-  }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_or(volatile T* a, T v, int) {                               \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                    \
-  }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_xor(volatile T* a, T v, int) {                              \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                   \
-  }                                                                                                     \
-  TD_EMU_HOOK T __tsan_atomic##BITS##_fetch_nand(volatile T* a, T v, int) {                             \
-    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                  \
-  }                                                                                                     \
+  TD_EMU_RMW(BITS, T, fetch_add)                                                                        \
+  TD_EMU_RMW(BITS, T, fetch_sub)                                                                        \
+  TD_EMU_RMW(BITS, T, fetch_and)                                                                        \
+  TD_EMU_RMW(BITS, T, fetch_or)                                                                         \
+  TD_EMU_RMW(BITS, T, fetch_xor)                                                                        \
+  TD_EMU_RMW(BITS, T, fetch_nand)                                                                       \
   TD_EMU_HOOK int __tsan_atomic##BITS##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {   \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
   }                                                                                                     \
@@ -154,6 +146,7 @@ TD_EMU_ATOMIC(16, short)
 TD_EMU_ATOMIC(32, int)
 TD_EMU_ATOMIC(64, long)
 #undef TD_EMU_ATOMIC
+#undef TD_EMU_RMW
 
 TD_EMU_HOOK void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 TD_EMU_HOOK void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
