@@ -112,3 +112,12 @@ def test_the_shipped_drafter_changes_drafts_but_not_the_output(model):
         ar = model.generate(p, mode="ar", max_new_tokens=48, eos_token_id=[]).tokens
         assert model.generate(p, mode="self_spec", max_new_tokens=48, eos_token_id=[]).tokens == ar
     assert changed >= 4, f"the drafter changed the drafts of only {changed} of {len(prompts)} prompts"
+
+
+def test_eval_refuses_a_corpus_the_shipped_model_was_not_trained_on(tmp_path, capsys):
+    """The digest is recorded by the first of the shipped model's stages; eval finds it through the chain."""
+    from tridecode.train.__main__ import main as train
+
+    (tmp_path / "a.txt").write_text("not the standard library\n" * 50)
+    assert train(["eval", "--init", PATH, "--corpus", str(tmp_path)]) == 1
+    assert "26a92fd45f91d278b709d48d5b38e15fe3cb4dd3defa3a2ee5dbc87e35b330ca" in capsys.readouterr().err
