@@ -2,7 +2,8 @@
 backends' logits are measured against (tolerance.py); RoPE angles are rounded to fp32 as the spec computes
 them. naive=True runs the same forward in float32 with tolerance.naive32's ops: the baseline of the rule for
 a kernel that computes in fp32; bf16_inputs_over=N also rounds the inputs of every matmul over a chunk of
-more than N rows to bf16, the precision of the CUDA backend's tensor-core path."""
+more than N rows to bf16, the precision of the CUDA backend's tensor-core path; bf16_cache=True rounds the
+K/V to bf16 as they enter the cache, as the CUDA backend's bf16 KV cache stores them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tolerance import naive32, rope64
 
 
 class ReferenceModel:
-    def __init__(self, directory, naive: bool = False, bf16_inputs_over: int | None = None):
+    def __init__(self, directory, naive: bool = False, bf16_inputs_over: int | None = None, bf16_cache=False):
         self.cfg = cfg = load_config(directory)
         weights, _, _ = load_weights(directory, cfg, None)
         self.dtype = np.float32 if naive else np.float64
@@ -28,6 +29,7 @@ class ReferenceModel:
                   for name, (a, code) in weights.items()}
         self.freqs, self.attention_factor = inv_freq(cfg.rope, cfg.head_dim)
         self.bf16_inputs_over = bf16_inputs_over
+        self.bf16_cache = bf16_cache
         self.reset()
 
     def reset(self):
@@ -70,6 +72,8 @@ class ReferenceModel:
             q = self._rope(mm(h, p + "q").reshape(n, H, d), pos, True)
             k = self._rope(mm(h, p + "k").reshape(n, G, d), pos, False)
             v = mm(h, p + "v").reshape(n, G, d)
+            if self.bf16_cache:
+                k, v = (bf16_bits_to_f32(f32_to_bf16_bits(a.astype(np.float32))).astype(self.dtype) for a in (k, v))
             keys, vals = np.concatenate([self.k[i], k]), np.concatenate([self.v[i], v])
             if mode == "causal":
                 self.k[i], self.v[i] = keys, vals

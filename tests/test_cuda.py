@@ -130,8 +130,9 @@ def test_add_rms_norm(n, dim):
 YARN = RopeConfig("yarn", 1e6, factor=16.0, original_max_position_embeddings=16384, mscale=1.0, mscale_all_dim=1.0)
 
 
+@pytest.mark.parametrize("cache", ["float32", "bfloat16"])
 @pytest.mark.parametrize("n,heads,kv_heads,head_dim,row0", [(1, 4, 2, 16, 0), (7, 32, 8, 128, 100)])
-def test_rope_kv_append(n, heads, kv_heads, head_dim, row0):
+def test_rope_kv_append(n, heads, kv_heads, head_dim, row0, cache):
     freqs, af = inv_freq(YARN, head_dim)
     params = {"inv_freq": [float(f) for f in freqs], "attention_factor": af, "qscale_beta": 0.1,
               "qscale_length": 16384}
@@ -141,17 +142,25 @@ def test_rope_kv_append(n, heads, kv_heads, head_dim, row0):
     v = rng.standard_normal((n, kv_heads, head_dim)).astype(np.float32)
     cap = row0 + n + 3
     qd, kd, vd, pd = dev(q), dev(k), dev(v), dev(pos)
-    ck = Guarded((kv_heads, cap, head_dim))
-    cv = Guarded((kv_heads, cap, head_dim))
+    store = np.float32 if cache == "float32" else np.uint16
+    ck = Guarded((kv_heads, cap, head_dim), store)
+    cv = Guarded((kv_heads, cap, head_dim), store)
     _C.cuda_raw.rope_kv_append(qd.ptr, kd.ptr, vd.ptr, n, heads, kv_heads, head_dim, pd.ptr, params, ck.ptr, cv.ptr,
-                               row0, cap * head_dim)
+                               row0, cap * head_dim, dict(WEIGHT_DTYPES)[cache])
     got_q = np.empty_like(q)
     qd.download(got_q)
     args = (pos, freqs, af, 0.1, 16384)
     assert_within(got_q, rope64(q, *args, True), naive32.rope(q, *args, True), "q")
-    cache_k, cache_v = ck.fetch(), cv.fetch()
-    assert_within(cache_k[:, row0:row0 + n].transpose(1, 0, 2), rope64(k, *args, False), naive32.rope(k, *args, False), "k")
-    np.testing.assert_array_equal(cache_v[:, row0:row0 + n].transpose(1, 0, 2), v)
+    cache_k, cache_v = (c.fetch()[:, row0:row0 + n].transpose(1, 0, 2) for c in (ck, cv))
+    got_k = np.empty_like(k)
+    kd.download(got_k)                          # the rotated keys, in fp32, as attention of this chunk uses them
+    assert_within(got_k, rope64(k, *args, False), naive32.rope(k, *args, False), "k")
+    if cache == "float32":
+        np.testing.assert_array_equal(cache_k, got_k)
+        np.testing.assert_array_equal(cache_v, v)
+    else:                                       # the bf16 cache holds them rounded to nearest even
+        np.testing.assert_array_equal(cache_k, bf16(got_k))
+        np.testing.assert_array_equal(cache_v, bf16(v))
 
 
 @pytest.mark.parametrize("head_dim", [16, 64, 128])
@@ -180,6 +189,45 @@ def test_attention(causal, n, T, h, g, d):
     _C.cuda_raw.attention(qd.ptr, kd.ptr, vd.ptr, out.ptr, n, T, h, g, d, causal, 1.0 / np.sqrt(d))
     assert_within(out.fetch(), want, base, "cuda")
     assert_within(ops.attention(q, k, v, causal=causal), want, base, "cpu")
+    # A bf16 cache: the stored bf16 values are the kernel's inputs, and it keeps to the fp32 rule on them.
+    k16, v16 = bf16(k), bf16(v)
+    kq, vq = bf16_values(k16), bf16_values(v16)
+    kd, vd = dev(k16), dev(v16)
+    _C.cuda_raw.attention(qd.ptr, kd.ptr, vd.ptr, out.ptr, n, T, h, g, d, causal, 1.0 / np.sqrt(d), 2)
+    assert_within(out.fetch(), ref.attention(q, kq, vq, causal=causal), naive32.attention(q, kq, vq, causal=causal),
+                  "cuda, bf16 cache")
+
+
+@pytest.mark.parametrize("cache", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_is_batch_invariant(cache, causal):
+    """A query's output does not depend on the other queries of the launch nor on how many keys follow
+    it: each query of a causal block of 8 is bit-identical to that query decoded alone over its own prefix,
+    across a key-chunk boundary (2048), and a bidirectional block's rows equal the same rows run in two
+    halves. This is what makes self-speculation == AR hold bit for bit on the GPU."""
+    n, T, h, g, d = 8, 2052, 4, 2, 64
+    q = rng.standard_normal((n, h, d)).astype(np.float32)
+    k = rng.standard_normal((T, g, d)).astype(np.float32)
+    v = rng.standard_normal((T, g, d)).astype(np.float32)
+    if cache == "bfloat16":
+        k, v = bf16(k), bf16(v)
+    code = dict(WEIGHT_DTYPES)[cache]
+    qd, kd, vd = dev(q), dev(k), dev(v)
+    block = Guarded((n, h, d))
+    _C.cuda_raw.attention(qd.ptr, kd.ptr, vd.ptr, block.ptr, n, T, h, g, d, causal, 0.125, code)
+    whole = block.fetch().copy()
+    for i in range(n):
+        if causal:                              # query i alone over keys 0..T-n+i
+            T_i, rows = T - n + i + 1, [i]
+        else:                                   # every key, in two halves of the block
+            T_i, rows = T, (list(range(n // 2)) if i < n // 2 else list(range(n // 2, n)))
+            if rows[0] != i:
+                continue
+        part = Guarded((len(rows), h, d))
+        qi = dev(q[rows])
+        _C.cuda_raw.attention(qi.ptr, kd.ptr, vd.ptr, part.ptr, len(rows), T_i if causal else T, h, g, d, causal,
+                              0.125, code)
+        np.testing.assert_array_equal(part.fetch(), whole[rows], err_msg=f"query {i}")
 
 
 def test_swiglu():
@@ -246,6 +294,14 @@ def test_kv_write_and_embed(n, kv_heads, head_dim, row0):
     untouched = np.ones(cap, bool)
     untouched[row0:row0 + n] = False
     np.testing.assert_array_equal(got[:, untouched].view(np.uint8), before[:, untouched].view(np.uint8))
+    cache16 = Guarded((kv_heads, cap, head_dim), np.uint16)
+    before = cache16.fetch().copy()
+    _C.cuda_raw.kv_write(cache16.ptr, cd.ptr, n, kv_heads, head_dim, row0, cap * head_dim, 2)
+    got = cache16.fetch()
+    np.testing.assert_array_equal(got[:, row0:row0 + n].transpose(1, 0, 2), bf16(chunk))   # nearest even
+    np.testing.assert_array_equal(got[:, untouched], before[:, untouched])
+    with pytest.raises(Exception, match="float16 is not supported"):
+        _C.cuda_raw.kv_write(cache16.ptr, cd.ptr, n, kv_heads, head_dim, row0, cap * head_dim, 1)
     for wname, code in WEIGHT_DTYPES:
         table, values = as_stored(rng.standard_normal((50, head_dim)).astype(np.float32), wname)
         ids = rng.integers(0, 50, n).astype(np.int32)
@@ -279,7 +335,7 @@ def test_every_kernel_and_path_runs():
                 ops.matmul(rng.standard_normal((3, k)).astype(np.float32), w, weight_dtype=wname, device="cuda")
         ops.matmul(rng.standard_normal((65, 32)).astype(np.float32), bf16(rng.standard_normal((16, 32))),
                    weight_dtype="bfloat16", device="cuda")   # tensor cores
-        for T in (8, 600):                      # one key chunk, several
+        for T in (8, 2100):                     # one key chunk, several (merged)
             q, kv = rng.standard_normal((1, 2, 16)).astype(np.float32), rng.standard_normal((T, 1, 16)).astype(np.float32)
             ops.attention(q, kv, kv, device="cuda")
         ops.rope(rng.standard_normal((2, 1, 16)).astype(np.float32), [0, 1], np.ones(8, np.float32), device="cuda")
@@ -297,8 +353,8 @@ def test_every_kernel_and_path_runs():
     assert not missing, f"kernels never launched: {sorted(missing)}"
     skinny = {(k, args) for k, args, *_ in log if k.startswith("skinny_matmul")}
     assert len(skinny) == 6, f"skinny matmul variants: {sorted(skinny)}"   # 3 weight dtypes x vector/scalar
-    splits = {grid[1] for k, _, grid, *_ in log if k == "attention_split_kernel"}
-    assert 1 in splits and max(splits) > 1, splits
+    chunks = {grid[1] for k, _, grid, *_ in log if k.startswith("attention_tile_kernel")}
+    assert 1 in chunks and max(chunks) > 1, chunks
 
 
 def test_emulator_settings_change_the_device():
@@ -310,10 +366,10 @@ def test_emulator_settings_change_the_device():
         "import json, numpy as np, tridecode\n"
         "from tridecode import _C, ops\n"
         "_C.cuda_emu.configure(record_launches=1)\n"
-        "q = np.ones((1, 2, 16), np.float32); kv = np.ones((2048, 1, 16), np.float32)\n"
+        "q = np.ones((1, 2, 16), np.float32); kv = np.ones((4097, 1, 16), np.float32)\n"
         "ops.attention(q, kv, kv, device='cuda')\n"
-        "splits = [g[1] for k, _, g, *_ in _C.cuda_emu.take_launches() if k == 'attention_split_kernel']\n"
-        "print(json.dumps([_C.cuda_device_name(0), _C.cuda_raw.memory_info()[1], splits[0]]))\n")
+        "chunks = [g[1] for k, _, g, *_ in _C.cuda_emu.take_launches() if k.startswith('attention_tile')]\n"
+        "print(json.dumps([_C.cuda_device_name(0), _C.cuda_raw.memory_info()[1], chunks[0]]))\n")
     out = {}
     for sms, mem in (("132", "8G"), ("1", "32M")):
         env = dict(os.environ, TD_CUDA_EMU_SM_COUNT=sms, TD_CUDA_EMU_MEMORY=mem)
@@ -322,7 +378,7 @@ def test_emulator_settings_change_the_device():
         out[sms] = json.loads(p.stdout.splitlines()[-1])
     assert "132 SMs" in out["132"][0] and "1 SMs" in out["1"][0]
     assert out["132"][1] == 8 << 30 and out["1"][1] == 32 << 20
-    assert out["132"][2] == 8 and out["1"][2] == 2    # split-KV chunks: min(ceil(4 SMs / 2 pairs), 2048 / 256)
+    assert out["132"][2] == out["1"][2] == 3    # key chunks of 2048, whatever the SM count (batch invariance)
     bad = subprocess.run([sys.executable, "-c", "import tridecode; tridecode._C.cuda_device_count()"],
                          capture_output=True, text=True, env=dict(os.environ, TD_CUDA_EMU_SM_COUNT="many"))
     assert bad.returncode != 0 and "TD_CUDA_EMU_SM_COUNT=many" in bad.stderr

@@ -42,9 +42,11 @@ def test_cuda_model_reports_device_memory(models):
 def _chunks_against_reference(directory, cpu, gpu):
     """A 70-token causal prefill, a bidirectional block over it and a causal chunk after it. Both backends
     follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs for the chunks the CUDA
-    backend gives the tensor cores (bf16 weights, over 64 rows)."""
+    backend gives the tensor cores (bf16 weights, over 64 rows) and bf16 K/V where its cache is bf16."""
     truth = ReferenceModel(directory)
-    naive = {"cpu": ReferenceModel(directory, naive=True), "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=64)}
+    naive = {"cpu": ReferenceModel(directory, naive=True),
+             "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=64,
+                                    bf16_cache=gpu.kv_cache_dtype == "bfloat16")}
     for m in (truth, cpu, gpu, *naive.values()):
         m.reset()
     for chunk, mode in ((PROMPTS[4], "causal"), ([17] + [100] * 7, "bidirectional"), (PROMPTS[1], "causal")):
@@ -117,8 +119,15 @@ def test_bf16_model_on_cuda(tmp_path):
     cfg = json.load(open(f"{GOLDEN_DIR}/config.json"))
     d = write_checkpoint(tmp_path / "bf16", cfg, load_file(f"{GOLDEN_DIR}/model.safetensors"), dtype="BF16")
     cpu, gpu = tridecode.load(d), tridecode.load(d, device="cuda")
-    _chunks_against_reference(d, cpu, gpu)
-    assert gpu.generate(PROMPTS[3], max_new_tokens=16).tokens == cpu.generate(PROMPTS[3], max_new_tokens=16).tokens
+    gpu32 = tridecode.load(d, device="cuda", kv_cache_dtype="float32")
+    assert (cpu.kv_cache_dtype, gpu.kv_cache_dtype, gpu32.kv_cache_dtype) == ("float32", "bfloat16", "float32")
+    assert gpu.device_memory_bytes < gpu32.device_memory_bytes          # the cache is half the size
+    for g in (gpu, gpu32):
+        _chunks_against_reference(d, cpu, g)
+    ar = gpu.generate(PROMPTS[3], max_new_tokens=16).tokens
+    assert ar == cpu.generate(PROMPTS[3], max_new_tokens=16).tokens
+    for L in (3, 16):                            # bit-identical verify rows: self-spec == AR on a bf16 cache too
+        assert gpu.generate(PROMPTS[3], mode="self_spec", max_new_tokens=16, block_length=L).tokens == ar
 
 
 def test_out_device_returns_a_cupy_array(models):

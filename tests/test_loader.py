@@ -124,6 +124,21 @@ def test_golden_config_and_weights(golden):
     assert golden.weight_bytes == sum(a.nbytes for a in ref.values())
 
 
+def test_kv_cache_dtype_argument(golden):
+    assert golden.kv_cache_dtype == "float32"
+    assert tridecode.load(GOLDEN, lora=None, kv_cache_dtype="float32").kv_cache_dtype == "float32"
+    with pytest.raises(ValueError, match="kv_cache_dtype='bfloat16' needs device='cuda'"):
+        tridecode.load(GOLDEN, kv_cache_dtype="bfloat16")
+    for bad in ("fp8", "float16", None, 2):
+        with pytest.raises(ValueError, match="load: kv_cache_dtype must be"):
+            tridecode.load(GOLDEN, kv_cache_dtype=bad)
+    cfg = json.load(open(os.path.join(GOLDEN, "config.json")))
+    m = tridecode.random_model(cfg, max_context=8)
+    assert m.kv_cache_dtype == "float32"
+    with pytest.raises(ValueError, match="random_model: kv_cache_dtype='bfloat16' needs"):
+        tridecode.random_model(cfg, max_context=8, kv_cache_dtype="bfloat16")
+
+
 def test_golden_logits_match_reference(golden, expected):
     ref = safetensors.numpy.load_file(os.path.join(GOLDEN, "numerics.safetensors"))["causal_prefill.logits"]
     out = logits_of(golden, expected["numerics"]["prompt"])

@@ -70,6 +70,7 @@ ModelConfig config_from(const py::dict& cfg) {
   c.vocab = cfg["vocab"].cast<int>();
   c.rms_eps = cfg["rms_eps"].cast<float>();
   c.rope = rope_from(cfg);
+  if (cfg.contains("kv_dtype")) c.kv_dtype = dtype_from_code(cfg["kv_dtype"].cast<int>());
   c.validate();
   return c;
 }
@@ -230,6 +231,7 @@ class PyModel {
   std::string device() const { return model_->backend().is_device() ? "cuda" : "cpu"; }
   int capacity() const { return model_->cache().capacity(); }
   int64_t cache_bytes() const { return model_->cache().bytes(); }
+  std::string cache_dtype() const { return dtype_name(model_->cache().dtype()); }
   void reset() {
     locked([&] { model_->cache().reset(); });
   }
@@ -363,6 +365,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("cache_length", &PyModel::cache_length)
       .def_property_readonly("capacity", &PyModel::capacity)
       .def_property_readonly("cache_bytes", &PyModel::cache_bytes)
+      .def_property_readonly("cache_dtype", &PyModel::cache_dtype)
       .def("reset", &PyModel::reset)
       .def("crop", &PyModel::crop)
       .def("append_random_cache", &PyModel::append_random_cache, py::arg("n"), py::arg("seed") = 0);
@@ -506,14 +509,16 @@ PYBIND11_MODULE(_C, m) {
                              rope_from(rope_cfg), is_query);
   });
   cu.def("attention", [=](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int n_q, int kv_len, int heads,
-                          int kv_heads, int head_dim, bool causal, float scale) {
+                          int kv_heads, int head_dim, bool causal, float scale, int kv_code) {
     AttentionParams p;
-    p.q = fptr(q); p.k = fptr(k); p.v = fptr(v); p.out = fptr(out);
+    p.q = fptr(q); p.k = reinterpret_cast<const void*>(k); p.v = reinterpret_cast<const void*>(v); p.out = fptr(out);
+    p.kv_dtype = dtype_from_code(kv_code);
     p.n_q = n_q; p.kv_len = kv_len; p.heads = heads; p.kv_heads = kv_heads; p.head_dim = head_dim;
     p.kv_token_stride = static_cast<int64_t>(kv_heads) * head_dim; p.kv_head_stride = head_dim;
     p.scale = scale; p.causal = causal;
     CudaCall().be.attention(p);
-  });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("n_q"), py::arg("kv_len"), py::arg("heads"),
+     py::arg("kv_heads"), py::arg("head_dim"), py::arg("causal"), py::arg("scale"), py::arg("kv_code") = 0);
   cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n) {
     CudaCall().be.swiglu(fptr(g), fptr(u), n, fptr(out));
   });
@@ -537,9 +542,11 @@ PYBIND11_MODULE(_C, m) {
                                              reinterpret_cast<const int32_t*>(target), L);
   });
   cu.def("kv_write", [=](uintptr_t cache, uintptr_t chunk, int n, int kv_heads, int head_dim, int64_t row0,
-                         int64_t head_stride) {
-    CudaCall().be.kv_write(fptr(cache), fptr(chunk), n, kv_heads, head_dim, row0, head_stride);
-  });
+                         int64_t head_stride, int cache_code) {
+    CudaCall().be.kv_write(reinterpret_cast<void*>(cache), dtype_from_code(cache_code), fptr(chunk), n, kv_heads,
+                           head_dim, row0, head_stride);
+  }, py::arg("cache"), py::arg("chunk"), py::arg("n"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("row0"),
+     py::arg("head_stride"), py::arg("cache_code") = 0);
   cu.def("embed", [=](uintptr_t table, int code, int64_t rows, int64_t cols, uintptr_t ids, int n, uintptr_t out) {
     CudaCall().be.embed(wview(table, code, rows, cols), reinterpret_cast<const int32_t*>(ids), n, fptr(out));
   });
@@ -549,11 +556,14 @@ PYBIND11_MODULE(_C, m) {
   });
   cu.def("rope_kv_append", [=](uintptr_t q, uintptr_t k, uintptr_t v, int n, int heads, int kv_heads, int head_dim,
                                uintptr_t positions, const py::dict& rope_cfg, uintptr_t cache_k, uintptr_t cache_v,
-                               int64_t row0, int64_t head_stride) {
+                               int64_t row0, int64_t head_stride, int cache_code) {
     CudaCall().be.rope_kv_append(fptr(q), fptr(k), fptr(v), n, heads, kv_heads, head_dim,
-                                       reinterpret_cast<const int64_t*>(positions), rope_from(rope_cfg),
-                                       fptr(cache_k), fptr(cache_v), row0, head_stride);
-  });
+                                 reinterpret_cast<const int64_t*>(positions), rope_from(rope_cfg),
+                                 reinterpret_cast<void*>(cache_k), reinterpret_cast<void*>(cache_v),
+                                 dtype_from_code(cache_code), row0, head_stride);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n"), py::arg("heads"), py::arg("kv_heads"),
+     py::arg("head_dim"), py::arg("positions"), py::arg("rope_cfg"), py::arg("cache_k"), py::arg("cache_v"),
+     py::arg("row0"), py::arg("head_stride"), py::arg("cache_code") = 0);
   cu.def("synchronize", &td::cuda::synchronize);
   cu.def("memory_info", [] {
     auto [free_b, total_b] = td::cuda::memory_info();

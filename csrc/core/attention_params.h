@@ -6,12 +6,15 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace td {
 
 struct AttentionParams {
   const float* q = nullptr;  // [n_q, heads, head_dim], contiguous
-  const float* k = nullptr;  // element (t, g, d) at k[t * kv_token_stride + g * kv_head_stride + d]
-  const float* v = nullptr;  // same strides as k
+  const void* k = nullptr;   // element (t, g, d) at k[t * kv_token_stride + g * kv_head_stride + d]
+  const void* v = nullptr;   // same strides as k
+  DType kv_dtype = DType::F32;   // of k and v: fp32, or bf16 (a CUDA cache for 16-bit checkpoints)
   float* out = nullptr;      // [n_q, heads, head_dim], contiguous
   int n_q = 0;
   int kv_len = 0;            // keys visible to the last query (cache length + n_q)

@@ -30,9 +30,10 @@ class Backend {
   virtual void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) = 0;
 
   // chunk [n, kv_heads, head_dim] -> cache rows row0..row0+n-1 of a [kv_heads, capacity, head_dim] layout
-  // whose heads are head_stride floats apart.
-  virtual void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
-                        int64_t head_stride) = 0;
+  // whose heads are head_stride elements apart, stored as cache_dtype (fp32, or bf16 rounded to nearest even
+  // on backends that keep a bf16 cache).
+  virtual void kv_write(void* cache, DType cache_dtype, const float* chunk, int n, int kv_heads, int head_dim,
+                        int64_t row0, int64_t head_stride) = 0;
 
   // out[i, :] = table[ids[i], :]; ids already range-checked by the caller.   out: [n, table.cols]
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
@@ -54,12 +55,12 @@ class Backend {
   // RoPE on q [n, heads, head_dim] (with the query scale) and k [n, kv_heads, head_dim], then k and v
   // appended to the cache rows row0..row0+n-1.
   virtual void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
-                              const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v,
-                              int64_t row0, int64_t head_stride) {
+                              const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
+                              DType cache_dtype, int64_t row0, int64_t head_stride) {
     rope(q, n, heads, head_dim, positions, rp, true);
     rope(k, n, kv_heads, head_dim, positions, rp, false);
-    kv_write(cache_k, k, n, kv_heads, head_dim, row0, head_stride);
-    kv_write(cache_v, v, n, kv_heads, head_dim, row0, head_stride);
+    kv_write(cache_k, cache_dtype, k, n, kv_heads, head_dim, row0, head_stride);
+    kv_write(cache_v, cache_dtype, v, n, kv_heads, head_dim, row0, head_stride);
   }
   // out[i] = silu(gate[i]) * up[i]
   virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace td {
 
 // RoPE as applied by every backend: NeoX rotate-half over the whole head_dim, angle = pos * inv_freq[j]
@@ -25,6 +27,7 @@ struct ModelConfig {
   int vocab = 0;
   float rms_eps = 1e-5f;
   RopeParams rope;
+  DType kv_dtype = DType::F32;   // of the KV cache: fp32, or bf16 on the CUDA backend
 
   int q_dim() const { return heads * head_dim; }
   int kv_dim() const { return kv_heads * head_dim; }

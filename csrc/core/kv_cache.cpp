@@ -5,12 +5,15 @@
 
 namespace td {
 
-KVCache::KVCache(Backend& backend, int layers, int kv_heads, int head_dim, int capacity)
+KVCache::KVCache(Backend& backend, int layers, int kv_heads, int head_dim, int capacity, DType dtype)
     : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity), backend_(&backend),
       k_(backend), v_(backend) {
   TD_CHECK(capacity > 0, "[kv_cache] capacity must be positive, got ", capacity);
+  TD_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && backend.is_device()), "[kv_cache] a ",
+           dtype_name(dtype), " KV cache is not supported on the ", backend.name(), " backend");
+  dtype_ = dtype;
   layer_stride_ = static_cast<int64_t>(kv_heads) * capacity * head_dim;
-  const size_t bytes = static_cast<size_t>(layer_stride_) * layers * sizeof(float);
+  const size_t bytes = static_cast<size_t>(layer_stride_) * layers * dtype_size(dtype);
   k_.reserve(bytes);
   v_.reserve(bytes);
 }
@@ -38,8 +41,10 @@ void KVCache::append_random(int n, uint64_t seed) {
     for (int h = 0; h < kv_heads_; ++h) {
       const int64_t row0 = h * head_stride() + static_cast<int64_t>(length_) * head_dim_;
       const uint64_t s = seed ^ (static_cast<uint64_t>(l * kv_heads_ + h) << 32) ^ static_cast<uint64_t>(length_);
-      backend_->fill_random(k(l) + row0, DType::F32, static_cast<int64_t>(n) * head_dim_, 1.0f, s * 2);
-      backend_->fill_random(v(l) + row0, DType::F32, static_cast<int64_t>(n) * head_dim_, 1.0f, s * 2 + 1);
+      const int64_t at = row0 * dtype_size(dtype_);
+      backend_->fill_random(static_cast<char*>(k(l)) + at, dtype_, static_cast<int64_t>(n) * head_dim_, 1.0f, s * 2);
+      backend_->fill_random(static_cast<char*>(v(l)) + at, dtype_, static_cast<int64_t>(n) * head_dim_, 1.0f,
+                            s * 2 + 1);
     }
   length_ += n;
 }

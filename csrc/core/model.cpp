@@ -57,7 +57,7 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
       L.post_norm = place(L.post_norm, random_init, ++s, 0.0f);
     }
   }
-  cache_ = KVCache(backend_, c.layers, c.kv_heads, c.head_dim, capacity);
+  cache_ = KVCache(backend_, c.layers, c.kv_heads, c.head_dim, capacity, c.kv_dtype);
 }
 
 // Copies (or, for random_init, allocates and fills) one weight in backend memory; fill_random with std 0
@@ -175,13 +175,13 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
     backend_.matmul(norm, n, L.q, q);
     backend_.matmul(norm, n, L.k, k);
     backend_.matmul(norm, n, L.v, v);
-    float* kc = cache_.k(li);
-    float* vc = cache_.v(li);
-    backend_.rope_kv_append(q, k, v, n, c.heads, c.kv_heads, c.head_dim, pos, c.rope, kc, vc, cached,
+    void* kc = cache_.k(li);
+    void* vc = cache_.v(li);
+    backend_.rope_kv_append(q, k, v, n, c.heads, c.kv_heads, c.head_dim, pos, c.rope, kc, vc, cache_.dtype(), cached,
                             cache_.head_stride());
 
     AttentionParams p;
-    p.q = q; p.k = kc; p.v = vc; p.out = attn;
+    p.q = q; p.k = kc; p.v = vc; p.kv_dtype = cache_.dtype(); p.out = attn;
     p.n_q = n; p.kv_len = cached + n; p.heads = c.heads; p.kv_heads = c.kv_heads; p.head_dim = c.head_dim;
     p.kv_token_stride = cache_.token_stride(); p.kv_head_stride = cache_.head_stride();
     p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));

@@ -13,6 +13,8 @@ void CpuBackend::attention(const AttentionParams& p) {
   TD_CHECK(p.n_q > 0 && p.kv_len >= p.n_q, "[attention] kv_len (", p.kv_len, ") must be >= n_q (", p.n_q, ") > 0");
   TD_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0, "[attention] heads (", p.heads,
            ") must be a multiple of kv_heads (", p.kv_heads, ")");
+  TD_CHECK(p.kv_dtype == DType::F32, "[attention] the CPU backend keeps an fp32 KV cache, got ",
+           dtype_name(p.kv_dtype));
   const int group = p.heads / p.kv_heads;
   const int d = p.head_dim;
   const SimdKernels& K = simd();
@@ -26,8 +28,8 @@ void CpuBackend::attention(const AttentionParams& p) {
       for (int h = 0; h < p.heads; ++h) {
         const float* q = p.q + (static_cast<int64_t>(i) * p.heads + h) * d;
         const int g = h / group;
-        const float* kb = p.k + g * p.kv_head_stride;
-        const float* vb = p.v + g * p.kv_head_stride;
+        const float* kb = static_cast<const float*>(p.k) + g * p.kv_head_stride;
+        const float* vb = static_cast<const float*>(p.v) + g * p.kv_head_stride;
         const int visible = p.causal ? p.kv_len - p.n_q + i + 1 : p.kv_len;
         float mx = -INFINITY;
         for (int j = 0; j < visible; ++j) {

@@ -61,8 +61,11 @@ void CpuBackend::fill_random(void* dst, DType t, int64_t n, float std, uint64_t 
   }
 }
 
-void CpuBackend::kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
-                          int64_t head_stride) {
+void CpuBackend::kv_write(void* cache_ptr, DType cache_dtype, const float* chunk, int n, int kv_heads, int head_dim,
+                          int64_t row0, int64_t head_stride) {
+  TD_CHECK(cache_dtype == DType::F32, "[kv_write] the CPU backend keeps an fp32 KV cache, got ",
+           dtype_name(cache_dtype));
+  float* cache = static_cast<float*>(cache_ptr);
   for (int i = 0; i < n; ++i)
     for (int g = 0; g < kv_heads; ++g)
       std::memcpy(cache + g * head_stride + (row0 + i) * head_dim,

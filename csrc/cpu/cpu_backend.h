@@ -14,7 +14,7 @@ class CpuBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) override;
-  void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
+  void kv_write(void* cache, DType cache_dtype, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
                 int64_t head_stride) override;
   void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;

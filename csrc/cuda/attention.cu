@@ -1,8 +1,19 @@
-// Block-causal attention over the KV cache, split along the keys (flash-decoding): when there are few
-// (query, head) pairs, each is cut into key chunks (of at least kMinChunk keys) so that even a single
-// decoding query keeps every SM busy on long contexts; long prefills, with many pairs, are not split. Pass 1: one block per (query, head, chunk) computes an online-softmax partial (max, sum,
-// weighted V). Pass 2: one block per (query, head) merges the chunks. Same mask as AttentionParams:
-// causal query i sees keys 0..kv_len - n_q + i.
+// Block-causal attention over the KV cache, in tiles that every query of a GQA group shares.
+//
+// One block per (kv head, row tile, key chunk). Its rows are the (query, head) pairs that read this kv head
+// (n_q x heads / kv_heads of them, up to kRows per tile), so each K/V tile is read from global memory once
+// for the whole group and every query of the chunk, with 16-byte loads, and staged in shared memory as fp32
+// (the cache is fp32 or bf16). A tile is 32 keys, one per lane: a lane computes its key's score for a row
+// from shared memory, the warp takes the online-softmax step, then each lane accumulates its head-dim
+// elements of P.V. Rows are spread over the warps and keep their accumulators in registers.
+//
+// Batch invariance: chunks are kChunk keys and tiles 32 keys, both aligned to the absolute key index, and
+// the per-row arithmetic does not depend on the other rows, on n_q or on kv_len. A query therefore gets the
+// same bits whether it is decoded alone or verified inside a block (self-speculation == AR on the GPU), as
+// long as it sees the same keys. A query's chunks are merged in chunk order by a second kernel when there
+// are several; with one chunk the block writes the output itself (the merge of one chunk is that division).
+//
+// Same mask as AttentionParams: causal query i sees keys 0..kv_len - n_q + i.
 #include <algorithm>
 #include <cfloat>
 
@@ -12,110 +23,247 @@
 namespace td::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kMinChunk = 256;         // fewest keys per split
+constexpr int kKeys = 32;          // keys per tile: one per lane
+constexpr int kChunk = 2048;       // keys per chunk (split); a multiple of kKeys
 constexpr int kMaxDim = 256;
-constexpr int kPer = kMaxDim / 32;     // head-dim elements per lane
 
+// kPer head-dim elements per lane (head_dim <= 32 * kPer); rows per warp so that the accumulators stay at
+// 64 registers.
+template <int kPer>
+struct Tile {
+  static constexpr int kRowsPerWarp = 64 / kPer;
+  static constexpr int kRows = kRowsPerWarp * kWarps;
+};
 
-__device__ __forceinline__ int visible_keys(const AttentionParams& p, int qi) {
-  return p.causal ? p.kv_len - p.n_q + qi + 1 : p.kv_len;
+__host__ __device__ inline int round4(int d) { return (d + 3) & ~3; }
+
+struct Smem {   // float offsets into the dynamic shared memory
+  int q_stride, k_stride, q, k, v, total;
+  __host__ __device__ Smem(int rows, int d) {
+    q_stride = round4(d);
+    k_stride = round4(d) + 4;      // 16-byte rows that start in different banks for the lanes' keys
+    q = 0;
+    k = q + rows * q_stride;
+    v = k + kKeys * k_stride;
+    total = v + kKeys * d;
+  }
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
 }
 
-// grid (n_q * heads, splits). Writes partials [n_q * heads, splits, 2 + head_dim].
-__global__ void __launch_bounds__(kThreads) attention_split_kernel(AttentionParams p, int splits, int chunk,
-                                                                   float* __restrict__ partial) {
-  const int qh = blockIdx.x, split = blockIdx.y;
-  const int qi = qh / p.heads, h = qh % p.heads;
-  const int g = h / (p.heads / p.kv_heads);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+// Stages keys t0..t0+31 of one kv head as fp32: K rows at k_stride (zero tail to round4(d)), V rows at d.
+// Keys at or past kv_len are zeros, so masked lanes add exact zeros.
+template <typename T>
+__device__ __forceinline__ void stage_tile(const AttentionParams& p, const T* __restrict__ kb,
+                                           const T* __restrict__ vb, int t0, bool vec, const Smem& s,
+                                           float* __restrict__ sm) {
   const int d = p.head_dim;
-  const int visible = visible_keys(p, qi);
-  const int k0 = split * chunk, k1 = min(visible, k0 + chunk);
-
-  float q[kPer], acc[kPer];
-  const float* qrow = p.q + (static_cast<int64_t>(qi) * p.heads + h) * d;
+  float* ks = sm + s.k;
+  float* vs = sm + s.v;
+  constexpr int kVec = 16 / sizeof(T);       // elements per 16-byte load
+  if (vec) {                                 // d % kVec == 0 and 16-byte aligned rows
+    const int per = d / kVec;
+    for (int i = threadIdx.x; i < kKeys * per; i += kThreads) {
+      const int j = i / per, e = (i - j * per) * kVec;
+      const int key = t0 + j;
+      float kf[kVec], vf[kVec];
+      if (key < p.kv_len) {
+        const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
+        const uint4 kr = __ldg(reinterpret_cast<const uint4*>(kb + off));
+        const uint4 vr = __ldg(reinterpret_cast<const uint4*>(vb + off));
+        if constexpr (sizeof(T) == 4) {
+          kf[0] = __uint_as_float(kr.x); kf[1] = __uint_as_float(kr.y);
+          kf[2] = __uint_as_float(kr.z); kf[3] = __uint_as_float(kr.w);
+          vf[0] = __uint_as_float(vr.x); vf[1] = __uint_as_float(vr.y);
+          vf[2] = __uint_as_float(vr.z); vf[3] = __uint_as_float(vr.w);
+        } else {
+          const unsigned int ku[4] = {kr.x, kr.y, kr.z, kr.w}, vu[4] = {vr.x, vr.y, vr.z, vr.w};
 #pragma unroll
-  for (int t = 0; t < kPer; ++t) {
-    const int e = lane + 32 * t;
-    q[t] = e < d ? qrow[e] * p.scale : 0.0f;
-    acc[t] = 0.0f;
-  }
-  float m = -FLT_MAX, l = 0.0f;
-  const float* kb = p.k + g * p.kv_head_stride;
-  const float* vb = p.v + g * p.kv_head_stride;
-  for (int j = k0 + warp; j < k1; j += kWarps) {
-    const float* kr = kb + static_cast<int64_t>(j) * p.kv_token_stride;
-    float s = 0.0f;
+          for (int t = 0; t < 4; ++t) {
+            kf[2 * t] = __uint_as_float(ku[t] << 16);
+            kf[2 * t + 1] = __uint_as_float(ku[t] & 0xffff0000u);
+            vf[2 * t] = __uint_as_float(vu[t] << 16);
+            vf[2 * t + 1] = __uint_as_float(vu[t] & 0xffff0000u);
+          }
+        }
+      } else {
 #pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-      const int e = lane + 32 * t;
-      if (e < d) s += q[t] * kr[e];
+        for (int t = 0; t < kVec; ++t) kf[t] = vf[t] = 0.0f;
+      }
+#pragma unroll
+      for (int t = 0; t < kVec; t += 4) {
+        *reinterpret_cast<float4*>(ks + j * s.k_stride + e + t) = make_float4(kf[t], kf[t + 1], kf[t + 2], kf[t + 3]);
+        *reinterpret_cast<float4*>(vs + j * d + e + t) = make_float4(vf[t], vf[t + 1], vf[t + 2], vf[t + 3]);
+      }
     }
-    s = warp_sum(s);
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);
-    const float pj = expf(s - m_new);
-    l = l * corr + pj;
-    const float* vr = vb + static_cast<int64_t>(j) * p.kv_token_stride;
-#pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-      const int e = lane + 32 * t;
-      acc[t] = acc[t] * corr + (e < d ? pj * vr[e] : 0.0f);
+  } else {
+    const int w = s.q_stride;
+    for (int i = threadIdx.x; i < kKeys * w; i += kThreads) {
+      const int j = i / w, e = i - j * w;
+      const int key = t0 + j;
+      float kf = 0.0f, vf = 0.0f;
+      if (key < p.kv_len && e < d) {
+        const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
+        kf = to_f32(kb[off]);
+        vf = to_f32(vb[off]);
+      }
+      ks[j * s.k_stride + e] = kf;
+      if (e < d) vs[j * d + e] = vf;
     }
-    m = m_new;
-  }
-  // Merge the warps of this block.
-  __shared__ float sm[kWarps], sl[kWarps];
-  __shared__ float sacc[kWarps][kMaxDim];
-  if (lane == 0) { sm[warp] = m; sl[warp] = l; }
-#pragma unroll
-  for (int t = 0; t < kPer; ++t) {
-    const int e = lane + 32 * t;
-    if (e < d) sacc[warp][e] = acc[t];
-  }
-  __syncthreads();
-  float M = -FLT_MAX;
-  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
-  float* out = partial + (static_cast<int64_t>(qh) * splits + split) * (2 + d);
-  for (int e = threadIdx.x; e < d; e += kThreads) {
-    float a = 0.0f;
-    for (int w = 0; w < kWarps; ++w)
-      if (sl[w] > 0.0f) a += sacc[w][e] * expf(sm[w] - M);
-    out[2 + e] = a;
-  }
-  if (threadIdx.x == 0) {
-    float L = 0.0f;
-    for (int w = 0; w < kWarps; ++w)
-      if (sl[w] > 0.0f) L += sl[w] * expf(sm[w] - M);
-    out[0] = M;
-    out[1] = L;
   }
 }
 
-// grid (n_q * heads), block kThreads: merges the splits into out [n_q, heads, head_dim].
-__global__ void attention_merge_kernel(AttentionParams p, int splits, const float* __restrict__ partial) {
+// grid (kv_heads * row_tiles, chunks). With chunks > 1 writes partials [n_q * heads, chunks, 2 + head_dim]
+// (max, sum, unnormalised P.V), else the output.
+template <int kPer, typename T>
+__global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParams p, int rows_per_tile,
+                                                                  int row_tiles, int chunks, bool vec,
+                                                                  float* __restrict__ partial) {
+  extern __shared__ __align__(16) float sm[];
+  constexpr int kRPW = Tile<kPer>::kRowsPerWarp;
+  const int d = p.head_dim;
+  const int group = p.heads / p.kv_heads;
+  const int g = blockIdx.x / row_tiles, rt = blockIdx.x - g * row_tiles, c = blockIdx.y;
+  const int r0 = rt * rows_per_tile;
+  const int nrows = min(rows_per_tile, p.n_q * group - r0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const Smem s(rows_per_tile, d);
+  const T* kb = static_cast<const T*>(p.k) + g * p.kv_head_stride;
+  const T* vb = static_cast<const T*>(p.v) + g * p.kv_head_stride;
+
+  // Q rows of the tile, scaled, zero tail to q_stride.
+  for (int i = threadIdx.x; i < nrows * s.q_stride; i += kThreads) {
+    const int r = i / s.q_stride, e = i - r * s.q_stride;
+    const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
+    sm[s.q + r * s.q_stride + e] = e < d ? p.q[(static_cast<int64_t>(qi) * p.heads + h) * d + e] * p.scale : 0.0f;
+  }
+
+  float acc[kRPW][kPer], m[kRPW], l[kRPW];
+#pragma unroll
+  for (int i = 0; i < kRPW; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) acc[i][t] = 0.0f;
+  }
+  const int last_q = (r0 + nrows - 1) / group;
+  const int k_begin = c * kChunk;
+  const int k_end = min(p.kv_len, k_begin + kChunk);
+  const int tiles_end = p.causal ? min(k_end, p.kv_len - p.n_q + last_q + 1) : k_end;
+  const float* qs = sm + s.q;
+  const float* ks = sm + s.k;
+  const float* vs = sm + s.v;
+  for (int t0 = k_begin; t0 < tiles_end; t0 += kKeys) {
+    __syncthreads();                          // Q is staged / the previous tile is consumed
+    stage_tile<T>(p, kb, vb, t0, vec, s, sm);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kRPW; ++i) {
+      const int r = i * kWarps + warp;        // warp-uniform
+      if (r >= nrows) break;
+      const int qi = (r0 + r) / group;
+      const int visible = p.causal ? p.kv_len - p.n_q + qi + 1 : p.kv_len;
+      if (t0 >= visible) continue;            // nothing of this tile for the row (lane 0 is visible otherwise)
+      const bool valid = t0 + lane < visible;
+      const float* qr = qs + r * s.q_stride;
+      const float* kr = ks + lane * s.k_stride;
+      float sc = 0.0f;
+      for (int e = 0; e < s.q_stride; e += 4) {
+        const float4 a = *reinterpret_cast<const float4*>(qr + e);
+        const float4 b = *reinterpret_cast<const float4*>(kr + e);
+        sc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+      sc = valid ? sc : -INFINITY;
+      const float m_new = fmaxf(m[i], warp_max(sc));
+      const float corr = expf(m[i] - m_new);  // 0 on the row's first tile (m = -inf)
+      const float pj = valid ? expf(sc - m_new) : 0.0f;
+      l[i] = l[i] * corr + warp_sum(pj);
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) acc[i][t] *= corr;
+      for (int j = 0; j < kKeys; ++j) {
+        const float pb = __shfl_sync(0xffffffffu, pj, j);
+        const float* vr = vs + j * d;
+#pragma unroll
+        for (int t = 0; t < kPer; ++t) {
+          const int e = lane + 32 * t;
+          if (e < d) acc[i][t] += pb * vr[e];
+        }
+      }
+      m[i] = m_new;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kRPW; ++i) {
+    const int r = i * kWarps + warp;
+    if (r >= nrows) break;
+    const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
+    const int64_t qh = static_cast<int64_t>(qi) * p.heads + h;
+    if (chunks == 1) {
+      float* out = p.out + qh * d;
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) {
+        const int e = lane + 32 * t;
+        if (e < d) out[e] = acc[i][t] / l[i];
+      }
+    } else {
+      float* out = partial + (qh * chunks + c) * (2 + d);
+      if (lane == 0) { out[0] = m[i]; out[1] = l[i]; }
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) {
+        const int e = lane + 32 * t;
+        if (e < d) out[2 + e] = acc[i][t];
+      }
+    }
+  }
+}
+
+// grid (n_q * heads), block 128: merges the chunks with a visible key (sum > 0) into out [n_q, heads, d],
+// in chunk order.
+__global__ void attention_merge_kernel(AttentionParams p, int chunks, const float* __restrict__ partial) {
   const int qh = blockIdx.x;
   const int d = p.head_dim;
-  const float* base = partial + static_cast<int64_t>(qh) * splits * (2 + d);
+  const float* base = partial + static_cast<int64_t>(qh) * chunks * (2 + d);
   float M = -FLT_MAX;
-  for (int s = 0; s < splits; ++s)
+  for (int s = 0; s < chunks; ++s)
     if (base[s * (2 + d) + 1] > 0.0f) M = fmaxf(M, base[s * (2 + d)]);
   float L = 0.0f;
-  for (int s = 0; s < splits; ++s) {
+  for (int s = 0; s < chunks; ++s) {
     const float* ps = base + s * (2 + d);
     if (ps[1] > 0.0f) L += ps[1] * expf(ps[0] - M);
   }
   float* out = p.out + static_cast<int64_t>(qh) * d;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float a = 0.0f;
-    for (int s = 0; s < splits; ++s) {
+    for (int s = 0; s < chunks; ++s) {
       const float* ps = base + s * (2 + d);
       if (ps[1] > 0.0f) a += ps[2 + e] * expf(ps[0] - M);
     }
     out[e] = a / L;
   }
+}
+
+template <int kPer, typename T>
+void launch_tiles(const AttentionParams& p, int chunks, float* partial) {
+  const int rows = p.n_q * (p.heads / p.kv_heads);
+  const int rows_per_tile = std::min(rows, Tile<kPer>::kRows);
+  const int row_tiles = (rows + rows_per_tile - 1) / rows_per_tile;
+  TD_CHECK(static_cast<int64_t>(p.kv_heads) * row_tiles <= 2147483647LL, "[attention] problem too large");
+  constexpr int kVec = 16 / sizeof(T);
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = p.head_dim % kVec == 0 && p.kv_token_stride % kVec == 0 && p.kv_head_stride % kVec == 0 &&
+                   aligned(p.k) && aligned(p.v);
+  const size_t bytes = static_cast<size_t>(Smem(rows_per_tile, p.head_dim).total) * sizeof(float);
+  static const cudaError_t opt_in = cudaFuncSetAttribute(
+      attention_tile_kernel<kPer, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(Smem(Tile<kPer>::kRows, 32 * kPer).total * sizeof(float)));
+  TD_CUDA_CHECK_NAMED(opt_in, "attention");
+  attention_tile_kernel<kPer, T><<<dim3(static_cast<unsigned>(p.kv_heads * row_tiles), chunks), kThreads, bytes>>>(
+      p, rows_per_tile, row_tiles, chunks, vec, partial);
 }
 
 }  // namespace
@@ -126,17 +274,26 @@ void CudaBackend::attention(const AttentionParams& p) {
            ") must be a multiple of kv_heads (", p.kv_heads, ")");
   TD_CHECK(p.head_dim > 0 && p.head_dim <= kMaxDim, "[attention] head_dim ", p.head_dim,
            " is not supported on CUDA (at most ", kMaxDim, ")");
+  TD_CHECK(p.kv_dtype == DType::F32 || p.kv_dtype == DType::BF16, "[attention] KV cache dtype ",
+           dtype_name(p.kv_dtype), " is not supported on CUDA");
   const int64_t pairs = static_cast<int64_t>(p.n_q) * p.heads;
   TD_CHECK(pairs <= 2147483647, "[attention] problem too large");
-  const int64_t want = (4 * static_cast<int64_t>(sm_count_) + pairs - 1) / pairs;   // ~4 blocks per SM
-  const int64_t most = (p.kv_len + kMinChunk - 1) / kMinChunk;
-  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, most, 65535})));
-  const int chunk = (p.kv_len + splits - 1) / splits;
-  float* partial = scratch_partial_.as<float>(static_cast<size_t>(pairs) * splits * (2 + p.head_dim));
-  attention_split_kernel<<<dim3(static_cast<unsigned>(pairs), splits), kThreads>>>(p, splits, chunk, partial);
+  const int chunks = (p.kv_len + kChunk - 1) / kChunk;
+  float* partial = chunks > 1 ? scratch_partial_.as<float>(static_cast<size_t>(pairs) * chunks * (2 + p.head_dim))
+                              : nullptr;
+  const bool wide = p.head_dim > 128;
+  if (p.kv_dtype == DType::F32) {
+    if (wide) launch_tiles<8, float>(p, chunks, partial);
+    else launch_tiles<4, float>(p, chunks, partial);
+  } else {
+    if (wide) launch_tiles<8, __nv_bfloat16>(p, chunks, partial);
+    else launch_tiles<4, __nv_bfloat16>(p, chunks, partial);
+  }
   TD_CUDA_LAUNCH_CHECK("attention");
-  attention_merge_kernel<<<static_cast<unsigned>(pairs), 128>>>(p, splits, partial);
-  TD_CUDA_LAUNCH_CHECK("attention");
+  if (chunks > 1) {
+    attention_merge_kernel<<<static_cast<unsigned>(pairs), 128>>>(p, chunks, partial);
+    TD_CUDA_LAUNCH_CHECK("attention");
+  }
 }
 
 }  // namespace td::cuda

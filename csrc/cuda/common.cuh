@@ -24,6 +24,9 @@ __device__ __forceinline__ float load_f32(const void* p, DType t, int64_t i) {
   return __half2float(__ushort_as_half(h));
 }
 
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 // Throws td::Error unless a device is usable.
 void require_device();
 

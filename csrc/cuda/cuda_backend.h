@@ -1,6 +1,6 @@
 // The CUDA backend: every op of core/backend.h on device pointers, on the legacy default stream (so it
-// orders with cupy and torch work on that stream). Activations and the KV cache are fp32; weights stay in
-// their stored dtype (bf16 / f16 / f32) and are widened in registers.
+// orders with cupy and torch work on that stream). Activations are fp32, the KV cache fp32 or bf16 (as the
+// model chose); weights stay in their stored dtype (bf16 / f16 / f32) and are widened in registers.
 #pragma once
 #include "core/backend.h"
 #include "core/buffer.h"
@@ -19,8 +19,8 @@ class CudaBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) override;
-  void kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
-                int64_t head_stride) override;
+  void kv_write(void* cache, DType cache_dtype, const float* chunk, int n, int kv_heads, int head_dim,
+                int64_t row0, int64_t head_stride) override;
 
   void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;
@@ -30,8 +30,8 @@ class CudaBackend final : public Backend {
   void attention(const AttentionParams& p) override;
   void add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) override;
   void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
-                      const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v, int64_t row0,
-                      int64_t head_stride) override;
+                      const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
+                      DType cache_dtype, int64_t row0, int64_t head_stride) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
   void axpy(float* x, const float* y, float a, int64_t n) override;

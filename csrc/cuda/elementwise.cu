@@ -81,12 +81,17 @@ __global__ void rope_kernel(float* __restrict__ x, const int64_t* __restrict__ p
   rotate(v, j, a.half, cs, sn, scale);
 }
 
+__device__ __forceinline__ void store_kv(void* cache, DType t, int64_t i, float v) {
+  if (t == DType::BF16) static_cast<__nv_bfloat16*>(cache)[i] = __float2bfloat16(v);
+  else static_cast<float*>(cache)[i] = v;
+}
+
 // grid (n, heads + kv_heads), block half_dim threads: blocks y < heads rotate (and scale) a query head;
 // the others rotate a key head and append it, with the matching value head, to the cache.
 __global__ void rope_kv_append_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
                                       const int64_t* __restrict__ positions, RopeArgs a, int kv_heads,
-                                      float* __restrict__ cache_k, float* __restrict__ cache_v, int64_t row0,
-                                      int64_t head_stride) {
+                                      void* __restrict__ cache_k, void* __restrict__ cache_v, DType cache_dtype,
+                                      int64_t row0, int64_t head_stride) {
   const int i = blockIdx.x, hy = blockIdx.y, j = threadIdx.x, d = 2 * a.half;
   const float pos = static_cast<float>(positions[i]);
   float sn, cs;
@@ -105,10 +110,10 @@ __global__ void rope_kv_append_kernel(float* __restrict__ q, float* __restrict__
   const float* vr = v + (static_cast<int64_t>(i) * kv_heads + g) * d;
   rotate(kr, j, a.half, cs, sn, 1.0f);
   const int64_t dst = g * head_stride + (row0 + i) * d;
-  cache_k[dst + j] = kr[j];
-  cache_k[dst + j + a.half] = kr[j + a.half];
-  cache_v[dst + j] = vr[j];
-  cache_v[dst + j + a.half] = vr[j + a.half];
+  store_kv(cache_k, cache_dtype, dst + j, kr[j]);
+  store_kv(cache_k, cache_dtype, dst + j + a.half, kr[j + a.half]);
+  store_kv(cache_v, cache_dtype, dst + j, vr[j]);
+  store_kv(cache_v, cache_dtype, dst + j + a.half, vr[j + a.half]);
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t n, float* out) {
@@ -125,12 +130,12 @@ __global__ void axpy_kernel(float* __restrict__ x, const float* __restrict__ y, 
 }
 
 // grid (n, kv_heads), block head_dim threads.
-__global__ void kv_write_kernel(float* __restrict__ cache, const float* __restrict__ chunk, int kv_heads,
-                                int head_dim, int64_t row0, int64_t head_stride) {
+__global__ void kv_write_kernel(void* __restrict__ cache, DType cache_dtype, const float* __restrict__ chunk,
+                                int kv_heads, int head_dim, int64_t row0, int64_t head_stride) {
   const int i = blockIdx.x, g = blockIdx.y;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-    cache[g * head_stride + (row0 + i) * head_dim + d] =
-        chunk[(static_cast<int64_t>(i) * kv_heads + g) * head_dim + d];
+    store_kv(cache, cache_dtype, g * head_stride + (row0 + i) * head_dim + d,
+             chunk[(static_cast<int64_t>(i) * kv_heads + g) * head_dim + d]);
 }
 
 __global__ void fill_random_kernel(void* dst, DType t, int64_t n, float std, uint64_t seed) {
@@ -180,11 +185,13 @@ void CudaBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* 
 }
 
 void CudaBackend::rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
-                                 const int64_t* positions, const RopeParams& rp, float* cache_k, float* cache_v,
-                                 int64_t row0, int64_t head_stride) {
+                                 const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
+                                 DType cache_dtype, int64_t row0, int64_t head_stride) {
   const RopeArgs a = rope_args(heads, head_dim, rp, true);
+  TD_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16, "[rope_kv_append] KV cache dtype ",
+           dtype_name(cache_dtype), " is not supported on CUDA");
   rope_kv_append_kernel<<<dim3(n, heads + kv_heads), a.half>>>(q, k, v, positions, a, kv_heads, cache_k, cache_v,
-                                                               row0, head_stride);
+                                                               cache_dtype, row0, head_stride);
   TD_CUDA_LAUNCH_CHECK("rope_kv_append");
 }
 
@@ -206,10 +213,12 @@ void CudaBackend::axpy(float* x, const float* y, float a, int64_t n) {
   TD_CUDA_LAUNCH_CHECK("axpy");
 }
 
-void CudaBackend::kv_write(float* cache, const float* chunk, int n, int kv_heads, int head_dim, int64_t row0,
-                           int64_t head_stride) {
-  kv_write_kernel<<<dim3(n, kv_heads), head_dim < 1024 ? head_dim : 1024>>>(cache, chunk, kv_heads, head_dim, row0,
-                                                                            head_stride);
+void CudaBackend::kv_write(void* cache, DType cache_dtype, const float* chunk, int n, int kv_heads, int head_dim,
+                           int64_t row0, int64_t head_stride) {
+  TD_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16, "[kv_write] KV cache dtype ",
+           dtype_name(cache_dtype), " is not supported on CUDA");
+  kv_write_kernel<<<dim3(n, kv_heads), head_dim < 1024 ? head_dim : 1024>>>(cache, cache_dtype, chunk, kv_heads,
+                                                                            head_dim, row0, head_stride);
   TD_CUDA_LAUNCH_CHECK("kv_write");
 }
 

@@ -114,8 +114,25 @@ def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
     return out, ckpt, tied
 
 
-def native_config(cfg: ModelConfig) -> dict:
+_KV_CODES = {"float32": 0, "bfloat16": 2}
+
+
+def _kv_cache_dtype(where: str, value, device: str, weight_code: int) -> str:
+    """The KV cache dtype a load asks for: "auto" is bfloat16 for bf16 weights on CUDA (the cache dtype of a
+    bf16 model in the reference on a GPU), float32 otherwise (the CPU backend and fp32 / fp16 checkpoints)."""
+    if not isinstance(value, str) or value not in ("auto", *_KV_CODES):
+        raise ValueError(f"{where}: kv_cache_dtype must be 'auto', 'float32' or 'bfloat16', got {value!r}")
+    if value == "auto":
+        return "bfloat16" if device == "cuda" and weight_code == 2 else "float32"
+    if value == "bfloat16" and device != "cuda":
+        raise ValueError(f"{where}: kv_cache_dtype='bfloat16' needs device='cuda' (the CPU backend keeps an "
+                         "fp32 KV cache)")
+    return value
+
+
+def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32") -> dict:
     return {
+        "kv_dtype": _KV_CODES[kv_cache_dtype],
         "hidden": cfg.hidden_size,
         "layers": cfg.num_hidden_layers,
         "heads": cfg.num_attention_heads,
@@ -128,7 +145,8 @@ def native_config(cfg: ModelConfig) -> dict:
     }
 
 
-def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto"):
+def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto",
+         kv_cache_dtype: str = "auto"):
     """Loads a Hugging Face checkpoint directory.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
@@ -139,6 +157,8 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     max_context: KV-cache capacity in tokens (default min(max_position_embeddings, 4096)).
     lora: the self-speculation LoRA drafter: "auto" attaches `<path>/linear_spec_lora/` when present, a path
         attaches that adapter, None attaches none.
+    kv_cache_dtype: "auto" (bfloat16 for bf16 weights on CUDA, else float32), "float32" or "bfloat16"
+        (CUDA only). A bf16 cache halves the bytes attention reads; scores and sums stay fp32.
     """
     from .model import Model  # local import: model.py imports this module
 
@@ -156,10 +176,11 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         max_context = min(cfg.max_position_embeddings, 4096)
     max_context = check.integer("load: max_context", max_context, 1, cfg.max_position_embeddings)
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
+    kv_dtype = _kv_cache_dtype("load", kv_cache_dtype, device, weights["layers.0.q"][1])
     try:
-        native = _C.Model(native_config(cfg), weights, max_context, device)
+        native = _C.Model(native_config(cfg, kv_dtype), weights, max_context, device)
     except MemoryError:
-        kv_bytes = 2 * 4 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * max_context
+        kv_bytes = 2 * (4 if kv_dtype == "float32" else 2) * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * max_context
         raise MemoryError(f"load: cannot allocate the KV cache for max_context={max_context} "
                           f"({kv_bytes / 2**30:.1f} GiB); pass a smaller max_context") from None
     tokenizer = None
@@ -208,7 +229,7 @@ def _check_device(device) -> None:
 
 
 def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max_context: int = 4096,
-                 seed: int = 0):
+                 seed: int = 0, kv_cache_dtype: str = "auto"):
     """A model of the given config.json contents with random weights made directly in the backend's memory
     (no checkpoint, no host copy): for benchmarks. Weights ~ N(0, 1/fan_in), norms 1."""
     from .config import parse_config
@@ -222,5 +243,6 @@ def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max
     code = {"F32": 0, "F16": 1, "BF16": 2}[target]
     if device == "cpu":
         _check_host_memory(cfg, 4 if code == 0 else 2, max_context)
-    native = _C.Model.random(native_config(cfg), code, max_context, device, seed)
+    kv_dtype = _kv_cache_dtype("random_model", kv_cache_dtype, device, code)
+    native = _C.Model.random(native_config(cfg, kv_dtype), code, max_context, device, seed)
     return Model(native, cfg, {}, directory="<random>", device=device)

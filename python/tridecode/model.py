@@ -84,6 +84,11 @@ class Model:
         """KV-cache capacity in tokens."""
         return self._native.capacity
 
+    @property
+    def kv_cache_dtype(self) -> str:
+        """Storage dtype of the KV cache: "float32" or "bfloat16" (see `tridecode.load`)."""
+        return self._native.cache_dtype
+
     @_locked
     def reset(self) -> None:
         """Empties the KV cache."""
