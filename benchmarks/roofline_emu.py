@@ -50,7 +50,8 @@ def matmul_op(name, rows, cols):
 
 
 def ops_table():
-    """The forward's ops in launch order: (name, kernel name prefixes, launches, (n, kv_len) -> (bytes, flops))."""
+    """The forward's ops in launch order: (name, kernel name prefixes, launches (a count, or the (fewest,
+    most) of an op whose launch count depends on the shape), (n, kv_len) -> (bytes, flops))."""
     Q, K = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     norm = lambda n, kv: (2 * n * HIDDEN * A + HIDDEN * W, 4.0 * n * HIDDEN)
     add_norm = lambda n, kv: (4 * n * HIDDEN * A + HIDDEN * W, 5.0 * n * HIDDEN)
@@ -58,7 +59,7 @@ def ops_table():
         matmul_op("q_proj", Q, HIDDEN), matmul_op("k_proj", K, HIDDEN), matmul_op("v_proj", K, HIDDEN),
         ("rope+kv_append", ("rope_kv_append_kernel",), 1,
          lambda n, kv: (n * (Q + 2 * K) * A + n * 8 + n * Q * A + 2 * n * K * KV, 6.0 * n * (Q + K))),
-        ("attention", ("attention_split_kernel", "attention_merge_kernel"), 2,
+        ("attention", ("attention_tile_kernel", "attention_merge_kernel"), (1, 2),   # merge: several chunks
          lambda n, kv: (2 * kv * K * KV + 2 * n * Q * A, 4.0 * n * HEADS * HEAD_DIM * kv)),
         matmul_op("o_proj", HIDDEN, Q),
         ("add+post_norm", ("rms_norm_kernel",), 1, add_norm),
@@ -79,13 +80,17 @@ def assign(log, ops):
     """Pairs the launch log with the op table, in order; refuses a log that does not match it."""
     out, i = [], 0
     for name, kernels, count, cost in ops:
-        got = log[i:i + count]
+        lo, hi = count if isinstance(count, tuple) else (count, count)
+        take = lo
+        while take < hi and i + take < len(log) and log[i + take][0].split("<")[0].startswith(kernels):
+            take += 1
+        got = log[i:i + take]
         names = [k.split("<")[0] for k, *_ in got]
-        if len(got) < count or any(not nm.startswith(kernels) for nm in names):
+        if len(got) < lo or any(not nm.startswith(kernels) for nm in names):
             raise SystemExit(f"roofline_emu: the launches {names} do not match op '{name}' (kernels {kernels}); "
                              f"the forward's kernels changed: update ops_table() in {__file__}")
         out.append((name, names, got, cost))
-        i += count
+        i += take
     if i != len(log):
         raise SystemExit(f"roofline_emu: {len(log) - i} launches left over after the op table: "
                          f"{[k for k, *_ in log[i:]]}")
@@ -143,7 +148,8 @@ def report(log, n, ctx, file=sys.stdout):
     for label, (must, counted, flops) in (("forward (1 layer + head)", one), (f"8B forward ({LAYERS_8B} layers)", full)):
         print(f"{label:<64}{must / 1e6:>10.1f}{counted / 1e6:>12.1f}{counted / must:>7.2f}{flops / 1e9:>9.1f}"
               f"{floor_s(must, flops) * 1e6:>10.1f}", file=file)
-    print(f"(launches per layer: {sum(c for _, _, c, _ in layer)}; worst op ratio {worst:.2f}; floor at "
+    per_layer = sum(len(got) for _, _, got, _ in rows[len(pre):len(pre) + len(layer)])
+    print(f"(launches per layer: {per_layer}; worst op ratio {worst:.2f}; floor at "
           f"{HBM_BYTES_PER_S / 1e12:.1f} TB/s and {TC_FLOPS / 1e12:.0f} TFLOP/s)", file=file)
     return {"n": n, "ctx": ctx, "must": one[0], "counted": one[1], "worst_op_ratio": worst,
             "full_must": full[0], "full_counted": full[1], "full_floor_s": floor_s(full[0], full[2])}

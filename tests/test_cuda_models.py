@@ -41,11 +41,11 @@ def test_cuda_model_reports_device_memory(models):
 
 def _chunks_against_reference(directory, cpu, gpu):
     """A 70-token causal prefill, a bidirectional block over it and a causal chunk after it. Both backends
-    follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs for the chunks the CUDA
-    backend gives the tensor cores (bf16 weights, over 64 rows) and bf16 K/V where its cache is bf16."""
+    follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs where the CUDA backend
+    multiplies bf16 weights (on the tensor cores) and bf16 K/V where its cache is bf16."""
     truth = ReferenceModel(directory)
     naive = {"cpu": ReferenceModel(directory, naive=True),
-             "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=64,
+             "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=0,
                                     bf16_cache=gpu.kv_cache_dtype == "bfloat16")}
     for m in (truth, cpu, gpu, *naive.values()):
         m.reset()

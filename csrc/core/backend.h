@@ -52,8 +52,9 @@ class Backend {
     add(x, y, static_cast<int64_t>(n) * dim);
     rms_norm(x, w, n, dim, eps, out);
   }
-  // RoPE on q [n, heads, head_dim] (with the query scale) and k [n, kv_heads, head_dim], then k and v
-  // appended to the cache rows row0..row0+n-1.
+  // RoPE on q [n, heads, head_dim] in place (with the query scale) and on k [n, kv_heads, head_dim], then the
+  // rotated k and v appended to the cache rows row0..row0+n-1. k is scratch afterwards: a backend may leave
+  // it rotated or not.
   virtual void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
                               const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
                               DType cache_dtype, int64_t row0, int64_t head_stride) {

@@ -40,14 +40,15 @@ struct Tile {
 __host__ __device__ inline int round4(int d) { return (d + 3) & ~3; }
 
 struct Smem {   // float offsets into the dynamic shared memory
-  int q_stride, k_stride, q, k, v, total;
+  int q_stride, k_stride, q, k, v, ml, total;
   __host__ __device__ Smem(int rows, int d) {
     q_stride = round4(d);
     k_stride = round4(d) + 4;      // 16-byte rows that start in different banks for the lanes' keys
     q = 0;
     k = q + rows * q_stride;
     v = k + kKeys * k_stride;
-    total = v + kKeys * d;
+    ml = v + kKeys * d;           // running max and sum of each row
+    total = ml + 2 * rows;
   }
 };
 
@@ -143,14 +144,17 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
     sm[s.q + r * s.q_stride + e] = e < d ? p.q[(static_cast<int64_t>(qi) * p.heads + h) * d + e] * p.scale : 0.0f;
   }
 
-  float acc[kRPW][kPer], m[kRPW], l[kRPW];
+  float* ms = sm + s.ml;
+  float* ls = ms + rows_per_tile;
+  for (int r = threadIdx.x; r < rows_per_tile; r += kThreads) {
+    ms[r] = -INFINITY;
+    ls[r] = 0.0f;
+  }
+  float acc[kRPW][kPer];
 #pragma unroll
-  for (int i = 0; i < kRPW; ++i) {
-    m[i] = -INFINITY;
-    l[i] = 0.0f;
+  for (int i = 0; i < kRPW; ++i)
 #pragma unroll
     for (int t = 0; t < kPer; ++t) acc[i][t] = 0.0f;
-  }
   const int last_q = (r0 + nrows - 1) / group;
   const int k_begin = c * kChunk;
   const int k_end = min(p.kv_len, k_begin + kChunk);
@@ -158,45 +162,70 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
   const float* qs = sm + s.q;
   const float* ks = sm + s.k;
   const float* vs = sm + s.v;
+  // Keys row i of the warp sees (0 for rows past the tile).
+  const auto vis = [&](int i) {
+    const int r = i * kWarps + warp;
+    return r < nrows ? (p.causal ? p.kv_len - p.n_q + (r0 + r) / group + 1 : p.kv_len) : 0;
+  };
   for (int t0 = k_begin; t0 < tiles_end; t0 += kKeys) {
     __syncthreads();                          // Q is staged / the previous tile is consumed
     stage_tile<T>(p, kb, vb, t0, vec, s, sm);
     __syncthreads();
+    // Scores, e outer and rows inner: the lane's key is read once per step for all of the warp's rows.
+    float sc[kRPW];
 #pragma unroll
-    for (int i = 0; i < kRPW; ++i) {
-      const int r = i * kWarps + warp;        // warp-uniform
-      if (r >= nrows) break;
-      const int qi = (r0 + r) / group;
-      const int visible = p.causal ? p.kv_len - p.n_q + qi + 1 : p.kv_len;
-      if (t0 >= visible) continue;            // nothing of this tile for the row (lane 0 is visible otherwise)
-      const bool valid = t0 + lane < visible;
-      const float* qr = qs + r * s.q_stride;
-      const float* kr = ks + lane * s.k_stride;
-      float sc = 0.0f;
-      for (int e = 0; e < s.q_stride; e += 4) {
-        const float4 a = *reinterpret_cast<const float4*>(qr + e);
-        const float4 b = *reinterpret_cast<const float4*>(kr + e);
-        sc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-      }
-      sc = valid ? sc : -INFINITY;
-      const float m_new = fmaxf(m[i], warp_max(sc));
-      const float corr = expf(m[i] - m_new);  // 0 on the row's first tile (m = -inf)
-      const float pj = valid ? expf(sc - m_new) : 0.0f;
-      l[i] = l[i] * corr + warp_sum(pj);
+    for (int i = 0; i < kRPW; ++i) sc[i] = 0.0f;
+    const float* kr = ks + lane * s.k_stride;
+    for (int e = 0; e < s.q_stride; e += 4) {
+      const float4 b = *reinterpret_cast<const float4*>(kr + e);
 #pragma unroll
-      for (int t = 0; t < kPer; ++t) acc[i][t] *= corr;
-      for (int j = 0; j < kKeys; ++j) {
-        const float pb = __shfl_sync(0xffffffffu, pj, j);
-        const float* vr = vs + j * d;
-#pragma unroll
-        for (int t = 0; t < kPer; ++t) {
-          const int e = lane + 32 * t;
-          if (e < d) acc[i][t] += pb * vr[e];
+      for (int i = 0; i < kRPW; ++i) {
+        if (t0 < vis(i)) {                    // warp-uniform
+          const float4 a = *reinterpret_cast<const float4*>(qs + (i * kWarps + warp) * s.q_stride + e);
+          sc[i] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
         }
       }
-      m[i] = m_new;
+    }
+    // Online softmax step per row; sc becomes the lane's probability.
+#pragma unroll
+    for (int i = 0; i < kRPW; ++i) {
+      if (t0 < vis(i)) {                      // lane 0 sees its key: the tile max is finite
+        const bool valid = t0 + lane < vis(i);
+        const int r = i * kWarps + warp;
+        const float x = valid ? sc[i] : -INFINITY;
+        const float m_old = ms[r], l_old = ls[r];
+        const float m_new = fmaxf(m_old, warp_max(x));
+        const float corr = expf(m_old - m_new);  // 0 on the row's first tile (m = -inf)
+        sc[i] = valid ? expf(x - m_new) : 0.0f;
+        const float l_new = l_old * corr + warp_sum(sc[i]);
+#pragma unroll
+        for (int t = 0; t < kPer; ++t) acc[i][t] *= corr;
+        __syncwarp();                            // every lane has read the old values
+        if (lane == 0) {
+          ms[r] = m_new;
+          ls[r] = l_new;
+        }
+      }
+    }
+    // P.V, keys outer and rows inner: a value row is read once for all of the warp's rows.
+    for (int j = 0; j < kKeys; ++j) {
+      float vv[kPer];
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) {
+        const int e = lane + 32 * t;
+        vv[t] = e < d ? vs[j * d + e] : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < kRPW; ++i) {
+        if (t0 < vis(i)) {
+          const float pb = __shfl_sync(0xffffffffu, sc[i], j);
+#pragma unroll
+          for (int t = 0; t < kPer; ++t) acc[i][t] += pb * vv[t];
+        }
+      }
     }
   }
+  __syncthreads();                            // the rows' max and sum are written (and initialised)
 #pragma unroll
   for (int i = 0; i < kRPW; ++i) {
     const int r = i * kWarps + warp;
@@ -208,11 +237,11 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
 #pragma unroll
       for (int t = 0; t < kPer; ++t) {
         const int e = lane + 32 * t;
-        if (e < d) out[e] = acc[i][t] / l[i];
+        if (e < d) out[e] = acc[i][t] / ls[r];
       }
     } else {
       float* out = partial + (qh * chunks + c) * (2 + d);
-      if (lane == 0) { out[0] = m[i]; out[1] = l[i]; }
+      if (lane == 0) { out[0] = ms[r]; out[1] = ls[r]; }
 #pragma unroll
       for (int t = 0; t < kPer; ++t) {
         const int e = lane + 32 * t;
@@ -222,28 +251,49 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
   }
 }
 
-// grid (n_q * heads), block 128: merges the chunks with a visible key (sum > 0) into out [n_q, heads, d],
-// in chunk order.
+// grid (n_q * heads), block 128, dynamic shared memory 2 * chunks floats: merges the chunks with a visible
+// key (sum > 0) into out [n_q, heads, d]. Each partial is read once: the chunks' max and sum by warp 0 (lane
+// s % 32 takes chunk s, then a fixed tree across lanes), the weighted values by the thread of each element,
+// in chunk order. One visible chunk gives acc / sum, the bits of the tile kernel's own single-chunk output.
 __global__ void attention_merge_kernel(AttentionParams p, int chunks, const float* __restrict__ partial) {
+  extern __shared__ float ml[];               // [chunks] max, then exp(max - M); [chunks] sums
+  __shared__ float total;
+  float* ms = ml;
+  float* ls = ml + chunks;
   const int qh = blockIdx.x;
   const int d = p.head_dim;
   const float* base = partial + static_cast<int64_t>(qh) * chunks * (2 + d);
-  float M = -FLT_MAX;
-  for (int s = 0; s < chunks; ++s)
-    if (base[s * (2 + d) + 1] > 0.0f) M = fmaxf(M, base[s * (2 + d)]);
-  float L = 0.0f;
-  for (int s = 0; s < chunks; ++s) {
-    const float* ps = base + s * (2 + d);
-    if (ps[1] > 0.0f) L += ps[1] * expf(ps[0] - M);
+  for (int s = threadIdx.x; s < chunks; s += blockDim.x) {
+    ms[s] = base[s * (2 + d)];
+    ls[s] = base[s * (2 + d) + 1];
   }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float M = -FLT_MAX;
+    for (int s = lane; s < chunks; s += 32)
+      if (ls[s] > 0.0f) M = fmaxf(M, ms[s]);
+    M = warp_max(M);
+    float L = 0.0f;
+    for (int s = lane; s < chunks; s += 32)
+      if (ls[s] > 0.0f) L += ls[s] * expf(ms[s] - M);
+    L = warp_sum(L);
+    for (int s = lane; s < chunks; s += 32) ms[s] = ls[s] > 0.0f ? expf(ms[s] - M) : 0.0f;
+    if (lane == 0) total = L;
+  }
+  __syncthreads();
   float* out = p.out + static_cast<int64_t>(qh) * d;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float a = 0.0f;
+    bool first = true;
     for (int s = 0; s < chunks; ++s) {
-      const float* ps = base + s * (2 + d);
-      if (ps[1] > 0.0f) a += ps[2 + e] * expf(ps[0] - M);
+      if (ls[s] > 0.0f) {
+        const float v = base[s * (2 + d) + 2 + e] * ms[s];
+        a = first ? v : a + v;
+        first = false;
+      }
     }
-    out[e] = a / L;
+    out[e] = a / total;
   }
 }
 
@@ -291,7 +341,7 @@ void CudaBackend::attention(const AttentionParams& p) {
   }
   TD_CUDA_LAUNCH_CHECK("attention");
   if (chunks > 1) {
-    attention_merge_kernel<<<static_cast<unsigned>(pairs), 128>>>(p, chunks, partial);
+    attention_merge_kernel<<<static_cast<unsigned>(pairs), 128, 2 * chunks * sizeof(float)>>>(p, chunks, partial);
     TD_CUDA_LAUNCH_CHECK("attention");
   }
 }

@@ -48,6 +48,7 @@ class CudaBackend final : public Backend {
   Buffer scratch_logits_;   // head_select: [n, vocab] logits kept on the device
   Buffer scratch_partial_;  // attention split-KV partials and select per-split statistics
   Buffer scratch_small_;    // single-int results of the decode-loop ops
+  Buffer scratch_splitk_;   // skinny tensor-core matmul: per-k-chunk partial products
 };
 
 }  // namespace td::cuda

@@ -50,7 +50,8 @@ Backend& backend() {
   return instance;
 }
 
-CudaBackend::CudaBackend() : scratch_logits_(*this), scratch_partial_(*this), scratch_small_(*this) {
+CudaBackend::CudaBackend()
+    : scratch_logits_(*this), scratch_partial_(*this), scratch_small_(*this), scratch_splitk_(*this) {
   int dev = 0;
   TD_CUDA_CHECK(cudaGetDevice(&dev));
   TD_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, dev));

@@ -31,22 +31,49 @@ __device__ __forceinline__ float block_sum(float v) {
   return part[0];
 }
 
-// out = rms_norm(x) * w, one block per row; with y, x += y first (the residual add, fused).
+constexpr int kNormPer = 32;   // row elements a thread keeps in registers between the two passes (dim <= 8192)
+
+// out = rms_norm(x) * w, one block per row; with y, x += y first (the residual add, fused). The row is read
+// once: the first kNormPer * kThreads elements stay in registers for the second pass.
 __global__ void rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const void* __restrict__ w,
                                 DType wt, int dim, float eps, float* __restrict__ out) {
   float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
   float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
-  float ss = 0.0f;
-  for (int j = threadIdx.x; j < dim; j += kThreads) {
+  const auto load = [&](int j) {
     float v = xr[j];
     if (y != nullptr) {
       v += y[static_cast<int64_t>(blockIdx.x) * dim + j];
       xr[j] = v;
     }
+    return v;
+  };
+  float kept[kNormPer];
+  float ss = 0.0f;
+#pragma unroll
+  for (int t = 0; t < kNormPer; ++t) {
+    const int j = threadIdx.x + t * kThreads;
+    kept[t] = j < dim ? load(j) : 0.0f;
+    ss += kept[t] * kept[t];
+  }
+  for (int j = threadIdx.x + kNormPer * kThreads; j < dim; j += kThreads) {
+    const float v = load(j);
     ss += v * v;
   }
   const float r = rsqrtf(block_sum(ss) / dim + eps);
-  for (int j = threadIdx.x; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
+#pragma unroll
+  for (int t = 0; t < kNormPer; ++t) {
+    const int j = threadIdx.x + t * kThreads;
+    if (j < dim) orow[j] = load_f32(w, wt, j) * (kept[t] * r);
+  }
+  for (int j = threadIdx.x + kNormPer * kThreads; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
+}
+
+// positions[i] as fp32, read once per block.
+__device__ __forceinline__ float block_position(const int64_t* __restrict__ positions, int i) {
+  __shared__ float pos;
+  if (threadIdx.x == 0) pos = static_cast<float>(positions[i]);
+  __syncthreads();
+  return pos;
 }
 
 struct RopeArgs {
@@ -68,7 +95,7 @@ __device__ __forceinline__ void rotate(float* v, int j, int half, float cs, floa
 // grid (n, heads), block half_dim threads: rotate-half at the token's absolute position.
 __global__ void rope_kernel(float* __restrict__ x, const int64_t* __restrict__ positions, RopeArgs a) {
   const int i = blockIdx.x, h = blockIdx.y, j = threadIdx.x;
-  const float pos = static_cast<float>(positions[i]);
+  const float pos = block_position(positions, i);
   const float angle = pos * a.inv_freq[j];   // fp32 product, as the reference computes it
   float sn, cs;
   sincosf(angle, &sn, &cs);
@@ -86,14 +113,15 @@ __device__ __forceinline__ void store_kv(void* cache, DType t, int64_t i, float 
   else static_cast<float*>(cache)[i] = v;
 }
 
-// grid (n, heads + kv_heads), block half_dim threads: blocks y < heads rotate (and scale) a query head;
-// the others rotate a key head and append it, with the matching value head, to the cache.
-__global__ void rope_kv_append_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
+// grid (n, heads + kv_heads), block half_dim threads: blocks y < heads rotate (and scale) a query head in
+// place; the others rotate a key head into the cache (k itself is left as it was) and append the matching
+// value head.
+__global__ void rope_kv_append_kernel(float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                       const int64_t* __restrict__ positions, RopeArgs a, int kv_heads,
                                       void* __restrict__ cache_k, void* __restrict__ cache_v, DType cache_dtype,
                                       int64_t row0, int64_t head_stride) {
   const int i = blockIdx.x, hy = blockIdx.y, j = threadIdx.x, d = 2 * a.half;
-  const float pos = static_cast<float>(positions[i]);
+  const float pos = block_position(positions, i);
   float sn, cs;
   sincosf(pos * a.inv_freq[j], &sn, &cs);
   cs *= a.attention_factor;
@@ -106,12 +134,13 @@ __global__ void rope_kv_append_kernel(float* __restrict__ q, float* __restrict__
     return;
   }
   const int g = hy - a.heads;
-  float* kr = k + (static_cast<int64_t>(i) * kv_heads + g) * d;
+  const float* kr = k + (static_cast<int64_t>(i) * kv_heads + g) * d;
   const float* vr = v + (static_cast<int64_t>(i) * kv_heads + g) * d;
-  rotate(kr, j, a.half, cs, sn, 1.0f);
+  float rot[2] = {kr[j], kr[j + a.half]};
+  rotate(rot, 0, 1, cs, sn, 1.0f);
   const int64_t dst = g * head_stride + (row0 + i) * d;
-  store_kv(cache_k, cache_dtype, dst + j, kr[j]);
-  store_kv(cache_k, cache_dtype, dst + j + a.half, kr[j + a.half]);
+  store_kv(cache_k, cache_dtype, dst + j, rot[0]);
+  store_kv(cache_k, cache_dtype, dst + j + a.half, rot[1]);
   store_kv(cache_v, cache_dtype, dst + j, vr[j]);
   store_kv(cache_v, cache_dtype, dst + j + a.half, vr[j + a.half]);
 }

@@ -1,4 +1,5 @@
-// out[m, n] = x[m, k] . W[n, k] for the skinny shapes of low-batch decoding (weight streaming).
+// out[m, n] = x[m, k] . W[n, k] for the skinny shapes of low-batch decoding (weight streaming), fp32 and fp16
+// weights (bf16 weights go to the tensor cores, matmul_tc.cu, but for shapes they do not take).
 //
 // Vector path (k a multiple of 8, 16-byte aligned rows): a block of 8 warps owns 32 output rows (4 per
 // warp) and up to kMT input rows. The block stages its x rows in shared memory once per k-tile, so x is
@@ -13,7 +14,10 @@
 
 namespace td::cuda {
 
-void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);   // matmul_tc.cu
+// matmul_tc.cu
+void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);
+bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w);
+void tensor_core_skinny(const float* x, int m, const WeightView& w, float* out, int sm_count, Buffer& scratch);
 
 namespace {
 
@@ -129,8 +133,13 @@ __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __
   for (int64_t kk = lane; kk < k; kk += 32) {
     const float wv = load_f32(w, WT, wrow + kk);
 #pragma unroll
-    for (int i = 0; i < kMT; ++i)
-      if (i < mt) acc[i] += x[static_cast<int64_t>(m0 + i) * k + kk] * wv;
+    for (int i = 0; i < kMT; ++i) {
+      if (i < mt) {
+        float xv = x[static_cast<int64_t>(m0 + i) * k + kk];
+        if constexpr (WT == DType::BF16) xv = __bfloat162float(__float2bfloat16(xv));   // as the tensor cores
+        acc[i] += xv * wv;
+      }
+    }
   }
 #pragma unroll
   for (int i = 0; i < kMT; ++i) {
@@ -143,14 +152,16 @@ __global__ void __launch_bounds__(kThreads) skinny_matmul_kernel(const float* __
 
 template <DType WT>
 void launch(const float* x, int m, const WeightView& w, float* out) {
-  const bool vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  if (vec)
-    skinny_matmul_vec_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kRowsPerBlock)), kThreads>>>(
-        x, m, w.cols, w.data, w.rows, out);
-  else
-    skinny_matmul_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kWarps)), kThreads>>>(
-        x, m, w.cols, w.data, w.rows, out);
+  // bf16 weights reach here only in shapes the tensor cores do not take (k % 8 != 0, unaligned rows).
+  if constexpr (WT != DType::BF16) {
+    if (w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+      skinny_matmul_vec_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kRowsPerBlock)), kThreads>>>(
+          x, m, w.cols, w.data, w.rows, out);
+      return;
+    }
+  }
+  skinny_matmul_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kWarps)), kThreads>>>(
+      x, m, w.cols, w.data, w.rows, out);
 }
 
 }  // namespace
@@ -160,6 +171,10 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
   TD_CHECK(w.rows <= 65535LL * kWarps, "[matmul] too many output features: ", w.rows);
   if (w.dtype == DType::BF16 && m > kTensorCoreMinRows) {
     tensor_core_matmul(x, m, w, out);
+    return;
+  }
+  if (tensor_core_skinny_fits(x, m, w)) {   // bf16 weights, m <= 64
+    tensor_core_skinny(x, m, w, out, sm_count_, scratch_splitk_);
     return;
   }
   switch (w.dtype) {

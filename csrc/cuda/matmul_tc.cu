@@ -1,12 +1,24 @@
-// Tiled tensor-core matmul for prefill-sized chunks (m > 64) with bf16 weights: out[m, n] = x[m, k] . W[n, k].
+// Tensor-core matmuls with bf16 weights: out[m, n] = x[m, k] . W[n, k], x rounded to bf16 as it is staged in
+// shared memory (the precision of the reference on a GPU: bf16 products, fp32 accumulation).
 //
-// Block tile 64 (rows of x) x 64 (rows of W), k-step 32, 4 warps each owning a 32x32 quadrant as 2x2 WMMA
+// Skinny (m <= 64: decode steps, verify and diffusion blocks): weight streaming. A block of 8 warps owns 256
+// rows of W (32 per warp) and one k-chunk; per 64-wide k-step the block stages its x rows once, each warp
+// copies its 32 x 64 W tile with 16-byte loads into its own shared memory and multiplies every x row by it
+// (16 x 16 x 16 bf16 fragments, fp32 accumulation), so each weight is read from global memory once for all
+// m rows. The k-chunks (split-k, to fill the SMs when W has few rows) are summed in chunk order by a
+// second kernel. The k order of every output element depends on (n, k) and the SM count only, not on m:
+// a row gets the same bits alone (decode) as inside a block (verify), which keeps self-speculation == AR.
+//
+// Prefill (m > 64): block tile 64 (rows of x) x 64 (rows of W), k-step 32, 4 warps each owning a 32x32 quadrant as 2x2 WMMA
 // 16x16x16 bf16 fragments with fp32 accumulation. x is rounded to bf16 while it is staged in shared memory
 // (the one precision loss of this path: about 2^-9 relative per product; tests bound it against a naive
 // bf16-input product). Edges are zero-padded in shared memory, so any m, n, k work.
 #include <mma.h>
 
+#include <algorithm>
+
 #include "cuda/common.cuh"
+#include "core/buffer.h"
 #include "cuda/cuda_backend.h"
 
 namespace td::cuda {
@@ -79,7 +91,128 @@ __global__ void __launch_bounds__(kThreads) tc_matmul_kernel(const float* __rest
   }
 }
 
+constexpr int kSWarps = 8;
+constexpr int kSThreads = 32 * kSWarps;
+constexpr int kSRowsPerWarp = 32;                 // W rows per warp: two 16-column fragments
+constexpr int kSRows = kSWarps * kSRowsPerWarp;   // W rows per block
+constexpr int kSK = 64;                           // k per step
+constexpr int kSMaxM = 64;
+constexpr int kSPad = 8;
+
+// grid (W row blocks, k-chunks). Chunk c covers k [c * k_chunk, min(k, (c + 1) * k_chunk)); with one chunk the
+// block writes out, else partial [chunks, m, n].
+__global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __restrict__ x, int m, int64_t k,
+                                                              const __nv_bfloat16* __restrict__ w, int64_t n,
+                                                              int64_t k_chunk, float* __restrict__ out,
+                                                              float* __restrict__ partial) {
+  __shared__ __align__(32) __nv_bfloat16 xs[kSMaxM][kSK + kSPad];
+  __shared__ __align__(32) __nv_bfloat16 ws[kSWarps][kSRowsPerWarp][kSK + kSPad];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSRows + warp * kSRowsPerWarp;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * k_chunk, k1 = min(k, k0 + k_chunk);
+  const int mt = (m + 15) / 16;                   // x row fragments in use
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kSMaxM / 16][2];
+#pragma unroll
+  for (int i = 0; i < kSMaxM / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int64_t kb = k0; kb < k1; kb += kSK) {
+    __syncthreads();                              // the previous step's tiles are consumed
+    // x rows 0..16 * mt - 1 of this step, fp32 -> bf16; zero past m and past the chunk.
+    for (int t = threadIdx.x; t < mt * 16 * (kSK / 4); t += kSThreads) {
+      const int r = t / (kSK / 4), c = (t - r * (kSK / 4)) * 4;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < m && kb + c < k1) v = __ldg(reinterpret_cast<const float4*>(x + r * k + kb + c));
+      xs[r][c] = __float2bfloat16(v.x);
+      xs[r][c + 1] = __float2bfloat16(v.y);
+      xs[r][c + 2] = __float2bfloat16(v.z);
+      xs[r][c + 3] = __float2bfloat16(v.w);
+    }
+    // This warp's 32 x 64 W tile: 8 lanes per row, one 16-byte load each, 4 rows per pass.
+#pragma unroll
+    for (int it = 0; it < kSRowsPerWarp * kSK / 8 / 32; ++it) {
+      const int idx = it * 32 + lane;
+      const int r = idx >> 3, c = (idx & 7) * 8;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (n0 + r < n && kb + c < k1) v = __ldg(reinterpret_cast<const uint4*>(w + (n0 + r) * k + kb + c));
+      *reinterpret_cast<uint4*>(&ws[warp][r][c]) = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kSK; kk += 16) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &ws[warp][16 * j][kk], kSK + kSPad);
+#pragma unroll
+      for (int i = 0; i < kSMaxM / 16; ++i) {
+        if (i < mt) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+          wmma::load_matrix_sync(a, &xs[16 * i][kk], kSK + kSPad);
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+        }
+      }
+    }
+  }
+  // Each fragment through this warp's (now free) W tile memory to guarded stores.
+  float* cs = reinterpret_cast<float*>(&ws[warp][0][0]);   // 256 floats of the warp's 4.5 KiB
+  float* dst = gridDim.y == 1 ? out : partial + static_cast<int64_t>(blockIdx.y) * m * n;
+#pragma unroll
+  for (int i = 0; i < kSMaxM / 16; ++i) {
+    if (i >= mt) break;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      __syncwarp();
+      wmma::store_matrix_sync(cs, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int t = lane; t < 256; t += 32) {
+        const int r = 16 * i + t / 16;
+        const int64_t col = n0 + 16 * j + t % 16;
+        if (r < m && col < n) dst[r * n + col] = cs[t];
+      }
+    }
+  }
+}
+
+// out[i] = sum over the chunks, in chunk order.
+__global__ void splitk_sum_kernel(const float* __restrict__ partial, int chunks, int64_t count,
+                                  float* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  float s = partial[i];
+  for (int c = 1; c < chunks; ++c) s += partial[c * count + i];
+  out[i] = s;
+}
+
 }  // namespace
+
+bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return w.dtype == DType::BF16 && m <= kSMaxM && w.cols % 8 == 0 && aligned(w.data) && aligned(x);
+}
+
+void tensor_core_skinny(const float* x, int m, const WeightView& w, float* out, int sm_count, Buffer& scratch) {
+  TD_CHECK(tensor_core_skinny_fits(x, m, w), "[matmul] the skinny tensor-core path takes bf16 weights, at most ",
+           kSMaxM, " rows and 16-byte aligned rows");
+  const int64_t n = w.rows, k = w.cols;
+  const int64_t blocks = (n + kSRows - 1) / kSRows;
+  TD_CHECK(blocks <= 2147483647LL, "[matmul] too many output features: ", n);
+  // k-chunks: enough blocks for one wave, each chunk at least 8 steps; a function of (n, k, SMs), not of m.
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(sm_count / blocks, k / (8 * kSK)));
+  const int64_t k_chunk = ((k + want - 1) / want + kSK - 1) / kSK * kSK;
+  const int chunks = static_cast<int>((k + k_chunk - 1) / k_chunk);
+  float* partial = chunks > 1 ? scratch.as<float>(static_cast<size_t>(chunks) * m * n) : nullptr;
+  tc_skinny_kernel<<<dim3(static_cast<unsigned>(blocks), chunks), kSThreads>>>(
+      x, m, k, static_cast<const __nv_bfloat16*>(w.data), n, k_chunk, out, partial);
+  TD_CUDA_LAUNCH_CHECK("matmul");
+  if (chunks > 1) {
+    const int64_t count = static_cast<int64_t>(m) * n;
+    splitk_sum_kernel<<<blocks_for(count, 256), 256>>>(partial, chunks, count, out);
+    TD_CUDA_LAUNCH_CHECK("matmul");
+  }
+}
 
 void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out) {
   TD_CHECK(w.dtype == DType::BF16, "[matmul] the tensor-core path takes bf16 weights");
