@@ -43,9 +43,12 @@ CONFIG = {
 }
 
 
+MATMUL_KERNELS = ("skinny_matmul", "tc_matmul_kernel", "tc_skinny_kernel")
+
+
 def matmul_op(name, rows, cols):
     """x [n, cols] @ W[rows, cols]^T -> [n, rows]"""
-    return (name, ("skinny_matmul", "tc_matmul_kernel"), 1,
+    return (name, MATMUL_KERNELS, (1, 2),      # a split-k sum after the tensor-core kernel when k is cut
             lambda n, kv: (rows * cols * W + n * cols * A + n * rows * A, 2.0 * n * rows * cols))
 
 
@@ -56,20 +59,19 @@ def ops_table():
     norm = lambda n, kv: (2 * n * HIDDEN * A + HIDDEN * W, 4.0 * n * HIDDEN)
     add_norm = lambda n, kv: (4 * n * HIDDEN * A + HIDDEN * W, 5.0 * n * HIDDEN)
     layer = [
-        matmul_op("q_proj", Q, HIDDEN), matmul_op("k_proj", K, HIDDEN), matmul_op("v_proj", K, HIDDEN),
+        matmul_op("qkv_proj", Q + 2 * K, HIDDEN),            # q, k and v stacked: one launch
         ("rope+kv_append", ("rope_kv_append_kernel",), 1,
          lambda n, kv: (n * (Q + 2 * K) * A + n * 8 + n * Q * A + 2 * n * K * KV, 6.0 * n * (Q + K))),
         ("attention", ("attention_tile_kernel", "attention_merge_kernel"), (1, 2),   # merge: several chunks
          lambda n, kv: (2 * kv * K * KV + 2 * n * Q * A, 4.0 * n * HEADS * HEAD_DIM * kv)),
         matmul_op("o_proj", HIDDEN, Q),
         ("add+post_norm", ("rms_norm_kernel",), 1, add_norm),
-        matmul_op("gate_proj", INTER, HIDDEN), matmul_op("up_proj", INTER, HIDDEN),
+        matmul_op("gate_up_proj", 2 * INTER, HIDDEN),
         ("swiglu", ("swiglu_kernel",), 1, lambda n, kv: (3 * n * INTER * A, 4.0 * n * INTER)),
         matmul_op("down_proj", HIDDEN, INTER),
         ("add+next_norm", ("rms_norm_kernel",), 1, add_norm),
     ]
-    head = [("lm_head+select", ("skinny_matmul", "tc_matmul_kernel", "select_split_kernel",
-                                "select_merge_kernel"), 3,
+    head = [("lm_head+select", MATMUL_KERNELS + ("select_split_kernel", "select_merge_kernel"), (3, 4),
              lambda n, kv: (VOCAB * HIDDEN * W + n * HIDDEN * A + 2 * n * 4, 2.0 * n * VOCAB * HIDDEN))]
     pre = [("embed", ("embed_kernel",), 1, lambda n, kv: (n * HIDDEN * W + n * ID + n * HIDDEN * A, 0.0)),
            ("input_norm", ("rms_norm_kernel",), 1, norm)]

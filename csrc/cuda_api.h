@@ -20,6 +20,7 @@ Backend& backend();
 
 void synchronize();                                  // waits for all queued device work
 std::pair<size_t, size_t> memory_info();             // (free, total) device bytes
+std::pair<uint64_t, uint64_t> allocation_counts();    // device allocations and frees by the backend so far
 
 // The CUDA emulator: a TRIDECODE_CUDA=EMU build runs the same kernels on the CPU (csrc/cuda_emu/).
 // emulated() is false in other builds, where the emu_* calls throw td::Error.

@@ -182,3 +182,51 @@ def test_two_models_on_the_device_from_two_threads(models):
     for t in threads:
         t.join(600)
     assert not errors, errors[0]
+
+
+def _bf16_config():
+    return dict(json.load(open(f"{GOLDEN_DIR}/config.json")), torch_dtype="bfloat16")
+
+
+def test_forwards_of_up_to_64_tokens_allocate_nothing(models):
+    """Once a model is loaded, decode steps, verify and diffusion blocks and short prefills reuse reserved
+    device memory (no cudaMalloc / cudaFree inside a forward); a longer chunk grows the buffers once."""
+    from tridecode import _C
+    bf16 = tridecode.random_model(_bf16_config(), device="cuda", dtype="bfloat16", max_context=3000)
+    runs = [(models["cuda_lora"], "self_spec"), (models["cuda_lora"], "diffusion"), (models["cuda"], "ar"),
+            (bf16, "self_spec"), (bf16, "ar")]
+    before = _C.cuda_raw.allocation_counts()
+    for m, mode in runs:
+        m.generate(PROMPTS[3], mode=mode, max_new_tokens=12, **({} if mode == "ar" else {"block_length": 8}))
+    bf16.reset()
+    bf16.append_random_cache(2500, seed=1)       # attention over several key chunks: reserved for the capacity
+    bf16.generate([5, 6, 7], mode="self_spec", max_new_tokens=8, block_length=4)
+    assert _C.cuda_raw.allocation_counts() == before
+    bf16.reset()
+    bf16.forward(list(range(1, 101)))            # 100 tokens: past the reservation
+    assert _C.cuda_raw.allocation_counts()[0] > before[0]
+
+
+def test_launches_per_forward():
+    """A decode step of a bf16 model: embed and norm, 9 launches per layer (stacked q/k/v, RoPE + cache
+    append, attention, o, residual + norm, stacked gate/up, SwiGLU, down, residual + norm), and the fused
+    LM head + sampler (product, two selection passes)."""
+    if not tridecode.cuda_emulated():
+        pytest.skip("the launch log belongs to the CUDA emulator")
+    from tridecode import _C
+    cfg = _bf16_config()
+    m = tridecode.random_model(cfg, device="cuda", dtype="bfloat16", max_context=64)
+    m.forward([1, 2, 3])
+    emu = _C.cuda_emu
+    emu.take_launches()
+    emu.configure(record_launches=1)
+    try:
+        m.forward_select([4], "causal", write_cache=False, logits="last")
+        decode = [k.split("<")[0] for k, *_ in emu.take_launches()]
+        m.forward_select(list(range(5, 21)), "bidirectional", write_cache=False)
+        block = [k.split("<")[0] for k, *_ in emu.take_launches()]
+    finally:
+        emu.configure(record_launches=0)
+    layers = cfg["num_hidden_layers"]
+    assert len(decode) == len(block) == 2 + 9 * layers + 3, decode
+    assert decode.count("tc_skinny_kernel") == 4 * layers + 1    # every bf16 product on the tensor cores

@@ -146,6 +146,12 @@ class PyModel {
     out_logits_ = Buffer(be);
     out_idx_ = Buffer(be);
     out_conf_ = Buffer(be);
+    if (be.is_device()) {   // as the model itself: chunks of up to kReservedRows tokens allocate nothing
+      const size_t rows = Model::kReservedRows;
+      out_logits_.reserve(rows * model_->config().vocab * sizeof(float));
+      out_idx_.reserve(rows * sizeof(int32_t));
+      out_conf_.reserve(rows * sizeof(float));
+    }
   }
 
   py::array_t<float> forward(const IdArray& ids, int64_t start_pos, bool causal, bool write_cache, int logits_from,
@@ -568,6 +574,10 @@ PYBIND11_MODULE(_C, m) {
   cu.def("memory_info", [] {
     auto [free_b, total_b] = td::cuda::memory_info();
     return py::make_tuple(free_b, total_b);
+  });
+  cu.def("allocation_counts", [] {
+    auto [allocs, frees] = td::cuda::allocation_counts();
+    return py::make_tuple(allocs, frees);
   });
 
   // A device allocation with host copies in and out: staging for numpy inputs and guard-byte checks.

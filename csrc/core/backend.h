@@ -2,6 +2,7 @@
 // weights stay in their stored dtype (WeightView). The model calls only these ops.
 #pragma once
 #include <cstdint>
+#include <vector>
 #include <mutex>
 
 #include "core/attention_params.h"
@@ -10,6 +11,15 @@
 #include "core/tensor.h"
 
 namespace td {
+
+// The largest forward a model will run without growing any buffer: what a backend reserves its scratch for.
+struct ForwardPlan {
+  int rows = 0;                 // query rows of a chunk
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  int max_kv_len = 0;           // keys attended to (the cache capacity)
+  int vocab = 0;
+  std::vector<WeightView> weights;   // every weight a forward multiplies by (shapes and dtypes)
+};
 
 class Backend {
  public:
@@ -41,6 +51,22 @@ class Backend {
   virtual void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) = 0;
   // out[m, n] = sum_k x[m, k] * w[n, k]  (x @ W^T, fp32 accumulation)       x: [m, w.cols], out: [m, w.rows]
   virtual void matmul(const float* x, int m, const WeightView& w, float* out) = 0;
+  // Reserves the scratch the ops need for forwards up to `plan`, so that those forwards allocate nothing.
+  virtual void reserve_forward(const ForwardPlan& plan) { (void)plan; }
+  // Several projections stacked in one weight: w holds rows[0] + ... + rows[parts - 1] rows, and outs[i]
+  // [m, rows[i]] = x @ (rows of part i)^T, to matmul's precision (a backend may compute the parts in one
+  // pass, and split k differently than for a part alone), with rows independent of m as in matmul.
+  virtual void matmul_parts(const float* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                            float* const* outs) {
+    int64_t start = 0;
+    for (int i = 0; i < parts; ++i) {
+      WeightView v = w;
+      v.data = static_cast<const char*>(w.data) + start * w.cols * dtype_size(w.dtype);
+      v.rows = rows[i];
+      matmul(x, m, v, outs[i]);
+      start += rows[i];
+    }
+  }
   // In place RoPE on x [n, heads, head_dim] at absolute positions; is_query adds the llama-4 query scale.
   virtual void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
                     bool is_query) = 0;

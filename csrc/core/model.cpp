@@ -50,7 +50,12 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
     w_.final_norm = place(w_.final_norm, random_init, ++s, 0.0f);
     w_.head = place(w_.head, random_init, ++s, proj_std);
     for (auto& L : w_.layers) {
-      for (WeightView* wv : {&L.q, &L.k, &L.v, &L.gate, &L.up}) *wv = place(*wv, random_init, ++s, proj_std);
+      if (backend_.is_device()) {
+        L.qkv = place_stacked({&L.q, &L.k, &L.v}, random_init, s, proj_std);
+        L.gate_up = place_stacked({&L.gate, &L.up}, random_init, s, proj_std);
+      } else {
+        for (WeightView* wv : {&L.q, &L.k, &L.v, &L.gate, &L.up}) *wv = place(*wv, random_init, ++s, proj_std);
+      }
       L.o = place(L.o, random_init, ++s, 1.0f / std::sqrt(static_cast<float>(c.q_dim())));
       L.down = place(L.down, random_init, ++s, 1.0f / std::sqrt(static_cast<float>(c.intermediate)));
       L.in_norm = place(L.in_norm, random_init, ++s, 0.0f);
@@ -58,6 +63,42 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
     }
   }
   cache_ = KVCache(backend_, c.layers, c.kv_heads, c.head_dim, capacity, c.kv_dtype);
+  reserve(std::min(kReservedRows, capacity));
+}
+
+void Model::reserve(int rows) {
+  const ModelConfig& c = cfg_;
+  const size_t n = static_cast<size_t>(rows);
+  x_.as<float>(n * c.hidden);
+  norm_.as<float>(n * c.hidden);
+  q_.as<float>(n * c.q_dim());
+  k_.as<float>(n * c.kv_dim());
+  v_.as<float>(n * c.kv_dim());
+  attn_.as<float>(n * c.q_dim());
+  proj_.as<float>(n * c.hidden);
+  gate_.as<float>(n * c.intermediate);
+  up_.as<float>(n * c.intermediate);
+  if (w_.lora_rank > 0) {
+    lora_t_.as<float>(n * w_.lora_rank);
+    lora_u_.as<float>(n * c.hidden);
+  }
+  if (!backend_.is_device()) return;
+  ids_.as<int32_t>(n);
+  pos_.as<int64_t>(n);
+  ForwardPlan plan;
+  plan.rows = rows;
+  plan.heads = c.heads;
+  plan.kv_heads = c.kv_heads;
+  plan.head_dim = c.head_dim;
+  plan.max_kv_len = cache_.capacity();
+  plan.vocab = c.vocab;
+  plan.weights = {w_.head};
+  for (const LayerWeights& L : w_.layers) {
+    for (const WeightView* wv : {&L.qkv, &L.q, &L.k, &L.v, &L.o, &L.gate_up, &L.gate, &L.up, &L.down, &L.lora_a,
+                                 &L.lora_b})
+      if (wv->data != nullptr) plan.weights.push_back(*wv);
+  }
+  backend_.reserve_forward(plan);
 }
 
 // Copies (or, for random_init, allocates and fills) one weight in backend memory; fill_random with std 0
@@ -75,6 +116,37 @@ WeightView Model::place(const WeightView& host, bool random, uint64_t seed, floa
   WeightView out = host;
   out.data = dst;
   return out;
+}
+
+WeightView Model::place_stacked(std::initializer_list<WeightView*> parts, bool random, uint64_t& seed, float std) {
+  const WeightView& first = **parts.begin();
+  int64_t rows = 0;
+  bool same = true;
+  for (const WeightView* p : parts) {
+    same = same && p->dtype == first.dtype && p->cols == first.cols;
+    rows += p->rows;
+  }
+  if (!same) {   // a checkpoint that stores the projections in different dtypes: separate buffers
+    for (WeightView* p : parts) *p = place(*p, random, ++seed, std);
+    return WeightView{};
+  }
+  const size_t row_bytes = static_cast<size_t>(first.cols) * dtype_size(first.dtype);
+  Buffer buf(backend_);
+  char* dst = static_cast<char*>(buf.reserve(rows * row_bytes));
+  WeightView stacked = first;
+  stacked.data = dst;
+  stacked.rows = rows;
+  for (WeightView* p : parts) {
+    const size_t bytes = p->rows * row_bytes;
+    if (random)
+      backend_.fill_random(dst, p->dtype, p->rows * p->cols, std, ++seed);
+    else
+      backend_.upload(dst, p->data, bytes);
+    p->data = dst;
+    dst += bytes;
+  }
+  owned_.push_back(std::move(buf));
+  return stacked;
 }
 
 int64_t Model::backend_bytes() const {
@@ -124,6 +196,7 @@ void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightV
   lora_owned_ = std::move(uploaded);
   w_.lora_rank = static_cast<int>(r);
   w_.lora_scale = scale;
+  reserve(std::min(kReservedRows, cache_.capacity()));
 }
 
 void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache,
@@ -172,9 +245,15 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   for (int li = 0; li < c.layers; ++li) {
     const LayerWeights& L = w_.layers[li];
     // norm = input_layernorm(x) here.
-    backend_.matmul(norm, n, L.q, q);
-    backend_.matmul(norm, n, L.k, k);
-    backend_.matmul(norm, n, L.v, v);
+    if (L.qkv.data != nullptr) {
+      const int64_t rows[3] = {L.q.rows, L.k.rows, L.v.rows};
+      float* const outs[3] = {q, k, v};
+      backend_.matmul_parts(norm, n, L.qkv, 3, rows, outs);
+    } else {
+      backend_.matmul(norm, n, L.q, q);
+      backend_.matmul(norm, n, L.k, k);
+      backend_.matmul(norm, n, L.v, v);
+    }
     void* kc = cache_.k(li);
     void* vc = cache_.v(li);
     backend_.rope_kv_append(q, k, v, n, c.heads, c.kv_heads, c.head_dim, pos, c.rope, kc, vc, cache_.dtype(), cached,
@@ -195,8 +274,14 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
       backend_.axpy(proj, lora_u, w_.lora_scale, n * H);
     }
     backend_.add_rms_norm(x, proj, L.post_norm, n, H, c.rms_eps, norm);   // residual, then post-attn norm
-    backend_.matmul(norm, n, L.gate, gate);
-    backend_.matmul(norm, n, L.up, up);
+    if (L.gate_up.data != nullptr) {
+      const int64_t rows[2] = {L.gate.rows, L.up.rows};
+      float* const outs[2] = {gate, up};
+      backend_.matmul_parts(norm, n, L.gate_up, 2, rows, outs);
+    } else {
+      backend_.matmul(norm, n, L.gate, gate);
+      backend_.matmul(norm, n, L.up, up);
+    }
     backend_.swiglu(gate, up, n * I, gate);
     backend_.matmul(gate, n, L.down, proj);
     // Residual, then the next layer's input norm (or the final norm).

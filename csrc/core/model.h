@@ -2,6 +2,7 @@
 // It calls the backend only; no maths lives here.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/backend.h"
@@ -19,6 +20,10 @@ struct LayerWeights {
   WeightView post_norm;  // [1, hidden]
   WeightView gate, up;   // [intermediate, hidden]
   WeightView down;       // [hidden, intermediate]
+  // On device backends q/k/v and gate/up live stacked in one buffer each (q, k, v above are views into it),
+  // so one launch computes them; empty where they are separate (the CPU backend reads the files in place).
+  WeightView qkv;        // [(heads + 2 * kv_heads) * head_dim, hidden]
+  WeightView gate_up;    // [2 * intermediate, hidden]
   // Optional LoRA on o_proj (the self-speculation drafter): o(x) = W x + lora_scale * B (A x).
   WeightView lora_a;     // [r, heads*head_dim]
   WeightView lora_b;     // [hidden, r]
@@ -52,6 +57,11 @@ class Model {
   Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backend, bool random_init = false,
         uint64_t seed = 0);
 
+  // Forwards of up to this many tokens (decode steps, verify and diffusion blocks, short prefills) allocate
+  // nothing in backend memory: the activations and the backend's scratch are reserved for them at load (and
+  // again when a LoRA adapter changes the weights). Longer chunks grow the buffers once.
+  static constexpr int kReservedRows = 64;
+
   const ModelConfig& config() const { return cfg_; }
   KVCache& cache() { return cache_; }
   Backend& backend() { return backend_; }
@@ -71,6 +81,10 @@ class Model {
 
  private:
   WeightView place(const WeightView& host, bool random, uint64_t seed, float std);
+  void reserve(int rows);   // activations and backend scratch for forwards of up to `rows` tokens
+  // Places the parts stacked by rows in one buffer (each part's seed is ++seed); the parts become views.
+  // Parts of different dtypes are placed apart, and the result is empty.
+  WeightView place_stacked(std::initializer_list<WeightView*> parts, bool random, uint64_t& seed, float std);
 
   ModelConfig cfg_;
   ModelWeights w_;

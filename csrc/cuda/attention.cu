@@ -318,6 +318,11 @@ void launch_tiles(const AttentionParams& p, int chunks, float* partial) {
 
 }  // namespace
 
+size_t attention_scratch_bytes(int n_q, int heads, int head_dim, int kv_len) {
+  const int64_t chunks = (kv_len + kChunk - 1) / kChunk;
+  return chunks > 1 ? static_cast<size_t>(n_q) * heads * chunks * (2 + head_dim) * sizeof(float) : 0;
+}
+
 void CudaBackend::attention(const AttentionParams& p) {
   TD_CHECK(p.n_q > 0 && p.kv_len >= p.n_q, "[attention] kv_len (", p.kv_len, ") must be >= n_q (", p.n_q, ") > 0");
   TD_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0, "[attention] heads (", p.heads,
@@ -329,7 +334,8 @@ void CudaBackend::attention(const AttentionParams& p) {
   const int64_t pairs = static_cast<int64_t>(p.n_q) * p.heads;
   TD_CHECK(pairs <= 2147483647, "[attention] problem too large");
   const int chunks = (p.kv_len + kChunk - 1) / kChunk;
-  float* partial = chunks > 1 ? scratch_partial_.as<float>(static_cast<size_t>(pairs) * chunks * (2 + p.head_dim))
+  float* partial = chunks > 1 ? static_cast<float*>(scratch_partial_.reserve(
+                                    attention_scratch_bytes(p.n_q, p.heads, p.head_dim, p.kv_len)))
                               : nullptr;
   const bool wide = p.head_dim > 128;
   if (p.kv_dtype == DType::F32) {

@@ -24,6 +24,29 @@ __device__ __forceinline__ float load_f32(const void* p, DType t, int64_t i) {
   return __half2float(__ushort_as_half(h));
 }
 
+// The outputs of a matmul whose weight stacks several projections: columns [end[s - 1], end[s]) of the product
+// go to ptr[s], a row-major [m, end[s] - end[s - 1]] matrix. One part is the plain product.
+struct MatmulOutputs {
+  static constexpr int kMax = 3;
+  float* ptr[kMax] = {};
+  int64_t end[kMax] = {};
+  int count = 0;
+  __host__ __device__ float* at(int64_t r, int64_t col) const {
+    // Constant indices only: a dynamically indexed kernel parameter would be copied to local memory.
+    float* p = ptr[0];
+    int64_t start = 0, stop = end[0];
+#pragma unroll
+    for (int s = 1; s < kMax; ++s) {
+      if (s < count && col >= end[s - 1]) {
+        p = ptr[s];
+        start = end[s - 1];
+        stop = end[s];
+      }
+    }
+    return p + r * (stop - start) + (col - start);
+  }
+};
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 

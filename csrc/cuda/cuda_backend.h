@@ -2,10 +2,22 @@
 // orders with cupy and torch work on that stream). Activations are fp32, the KV cache fp32 or bf16 (as the
 // model chose); weights stay in their stored dtype (bf16 / f16 / f32) and are widened in registers.
 #pragma once
+#include <cuda_runtime.h>
+
 #include "core/backend.h"
 #include "core/buffer.h"
 
 namespace td::cuda {
+
+// Self-resetting int counters for kernels whose last block to finish completes the work: zero when
+// allocated, and every kernel that takes one leaves it zero.
+class Tickets {
+ public:
+  explicit Tickets(Backend& backend) : buf_(backend) {}
+  int* get(size_t count);
+ private:
+  Buffer buf_;
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -25,6 +37,9 @@ class CudaBackend final : public Backend {
   void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;
   void matmul(const float* x, int m, const WeightView& w, float* out) override;
+  void reserve_forward(const ForwardPlan& plan) override;
+  void matmul_parts(const float* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                    float* const* outs) override;
   void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
             bool is_query) override;
   void attention(const AttentionParams& p) override;
@@ -49,6 +64,15 @@ class CudaBackend final : public Backend {
   Buffer scratch_partial_;  // attention split-KV partials and select per-split statistics
   Buffer scratch_small_;    // single-int results of the decode-loop ops
   Buffer scratch_splitk_;   // skinny tensor-core matmul: per-k-chunk partial products
+  Tickets splitk_tickets_;  // and its per-column-block counters
+  // Pinned staging for small uploads (upload()); never freed: the backend lives as long as the process.
+  static constexpr size_t kStageSlot = 64 << 10;
+  static constexpr int kStageSlots = 8;
+  std::mutex stage_mutex_;
+  char* stage_ = nullptr;
+  cudaEvent_t stage_done_[kStageSlots] = {};
+  bool stage_used_[kStageSlots] = {};
+  int stage_next_ = 0;
 };
 
 }  // namespace td::cuda

@@ -1,6 +1,9 @@
 // Device query, memory and the backend singleton.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <memory>
 
 #include "cuda/common.cuh"
@@ -50,14 +53,56 @@ Backend& backend() {
   return instance;
 }
 
+// Scratch sizes of the ops (attention.cu, matmul_tc.cu, select.cu).
+size_t attention_scratch_bytes(int n_q, int heads, int head_dim, int kv_len);
+void tensor_core_skinny_scratch(int m, const WeightView& w, int sm_count, size_t* partial_bytes, size_t* tickets);
+bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w);
+size_t select_scratch_bytes(int n);
+
+void CudaBackend::reserve_forward(const ForwardPlan& plan) {
+  std::lock_guard<std::mutex> hold(mutex_);
+  const int rows = plan.rows;
+  size_t partial = std::max(attention_scratch_bytes(rows, plan.heads, plan.head_dim, plan.max_kv_len),
+                            select_scratch_bytes(rows));
+  size_t splitk = 0, tickets = 0;
+  const int skinny = std::min(rows, 64);   // the skinny tensor-core path (bf16 weights, up to 64 rows)
+  for (const WeightView& w : plan.weights) {
+    // Activations are device allocations, aligned as the weights are: the weight stands in for x here.
+    if (!tensor_core_skinny_fits(static_cast<const float*>(w.data), skinny, w)) continue;
+    size_t p = 0, t = 0;
+    tensor_core_skinny_scratch(skinny, w, sm_count_, &p, &t);
+    splitk = std::max(splitk, p);
+    tickets = std::max(tickets, t);
+  }
+  scratch_partial_.reserve(partial);
+  scratch_splitk_.reserve(splitk);
+  if (tickets > 0) splitk_tickets_.get(tickets);
+  scratch_logits_.reserve(static_cast<size_t>(rows) * plan.vocab * sizeof(float));   // head_select
+  scratch_small_.reserve(sizeof(int));
+}
+
+int* Tickets::get(size_t count) {
+  const size_t bytes = count * sizeof(int);
+  if (bytes > buf_.capacity()) TD_CUDA_CHECK(cudaMemset(buf_.reserve(bytes), 0, bytes));
+  return static_cast<int*>(buf_.get());
+}
+
 CudaBackend::CudaBackend()
-    : scratch_logits_(*this), scratch_partial_(*this), scratch_small_(*this), scratch_splitk_(*this) {
+    : scratch_logits_(*this), scratch_partial_(*this), scratch_small_(*this), scratch_splitk_(*this),
+      splitk_tickets_(*this) {
   int dev = 0;
   TD_CUDA_CHECK(cudaGetDevice(&dev));
   TD_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, dev));
 }
 
+namespace {
+std::atomic<uint64_t> g_allocs{0}, g_frees{0};
+}  // namespace
+
+std::pair<uint64_t, uint64_t> allocation_counts() { return {g_allocs.load(), g_frees.load()}; }
+
 void* CudaBackend::alloc(size_t bytes) {
+  g_allocs.fetch_add(1);
   void* p = nullptr;
   const cudaError_t err = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
   if (err != cudaSuccess) {
@@ -72,10 +117,34 @@ void* CudaBackend::alloc(size_t bytes) {
   return p;
 }
 
-void CudaBackend::free(void* p) { cudaFree(p); }
+void CudaBackend::free(void* p) {
+  g_frees.fetch_add(1);
+  cudaFree(p);
+}
 
+// Small uploads (a forward's token ids and positions) go through pinned staging slots as asynchronous copies
+// on the legacy stream, ordered before the kernels that read them, so the host does not wait for the device.
+// A slot is reused once the copy it last fed has completed.
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
-  TD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  if (bytes > kStageSlot) {
+    TD_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return;
+  }
+  std::lock_guard<std::mutex> hold(stage_mutex_);
+  if (stage_ == nullptr) {
+    void* p = nullptr;
+    TD_CUDA_CHECK(cudaMallocHost(&p, kStageSlot * kStageSlots));
+    stage_ = static_cast<char*>(p);
+    for (cudaEvent_t& e : stage_done_) TD_CUDA_CHECK(cudaEventCreate(&e));
+  }
+  const int slot = stage_next_;
+  stage_next_ = (stage_next_ + 1) % kStageSlots;
+  if (stage_used_[slot]) TD_CUDA_CHECK(cudaEventSynchronize(stage_done_[slot]));
+  char* host = stage_ + slot * kStageSlot;
+  std::memcpy(host, src, bytes);
+  TD_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, nullptr));
+  TD_CUDA_CHECK(cudaEventRecord(stage_done_[slot], nullptr));
+  stage_used_[slot] = true;
 }
 
 void CudaBackend::download(void* dst, const void* src, size_t bytes) {

@@ -17,7 +17,8 @@ namespace td::cuda {
 // matmul_tc.cu
 void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);
 bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w);
-void tensor_core_skinny(const float* x, int m, const WeightView& w, float* out, int sm_count, Buffer& scratch);
+void tensor_core_skinny(const float* x, int m, const WeightView& w, const MatmulOutputs& outs, int sm_count,
+                        Buffer& partials, Tickets& tickets);
 
 namespace {
 
@@ -174,7 +175,11 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
     return;
   }
   if (tensor_core_skinny_fits(x, m, w)) {   // bf16 weights, m <= 64
-    tensor_core_skinny(x, m, w, out, sm_count_, scratch_splitk_);
+    MatmulOutputs outs;
+    outs.ptr[0] = out;
+    outs.end[0] = w.rows;
+    outs.count = 1;
+    tensor_core_skinny(x, m, w, outs, sm_count_, scratch_splitk_, splitk_tickets_);
     return;
   }
   switch (w.dtype) {
@@ -183,6 +188,27 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
     case DType::F16: launch<DType::F16>(x, m, w, out); break;
   }
   TD_CUDA_LAUNCH_CHECK("matmul");
+}
+
+// Stacked projections (q/k/v, gate/up): one tensor-core launch writes every part; other paths run a product
+// per part on views into the stacked weight.
+void CudaBackend::matmul_parts(const float* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                               float* const* outs) {
+  TD_CHECK(parts >= 1 && parts <= MatmulOutputs::kMax, "[matmul] ", parts, " output parts (1 to ",
+           MatmulOutputs::kMax, ")");
+  if (m > 0 && tensor_core_skinny_fits(x, m, w)) {
+    MatmulOutputs o;
+    int64_t end = 0;
+    for (int i = 0; i < parts; ++i) {
+      o.ptr[i] = outs[i];
+      o.end[i] = end += rows[i];
+    }
+    o.count = parts;
+    TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
+    tensor_core_skinny(x, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
+    return;
+  }
+  Backend::matmul_parts(x, m, w, parts, rows, outs);
 }
 
 }  // namespace td::cuda

@@ -5,8 +5,9 @@
 // rows of W (32 per warp) and one k-chunk; per 64-wide k-step the block stages its x rows once, each warp
 // copies its 32 x 64 W tile with 16-byte loads into its own shared memory and multiplies every x row by it
 // (16 x 16 x 16 bf16 fragments, fp32 accumulation), so each weight is read from global memory once for all
-// m rows. The k-chunks (split-k, to fill the SMs when W has few rows) are summed in chunk order by a
-// second kernel. The k order of every output element depends on (n, k) and the SM count only, not on m:
+// m rows. The k-chunks (split-k, to fill the SMs when W has few rows) are summed in chunk order by the last
+// block to finish. The outputs may be several matrices, one per range of W rows (fused q/k/v and gate/up
+// projections: one launch reads x once per block for all of them). The k order of every output element depends on (n, k) and the SM count only, not on m:
 // a row gets the same bits alone (decode) as inside a block (verify), which keeps self-speculation == AR.
 //
 // Prefill (m > 64): block tile 64 (rows of x) x 64 (rows of W), k-step 32, 4 warps each owning a 32x32 quadrant as 2x2 WMMA
@@ -99,18 +100,22 @@ constexpr int kSK = 64;                           // k per step
 constexpr int kSMaxM = 64;
 constexpr int kSPad = 8;
 
-// grid (W row blocks, k-chunks). Chunk c covers k [c * k_chunk, min(k, (c + 1) * k_chunk)); with one chunk the
-// block writes out, else partial [chunks, m, n].
+// grid (W row blocks, k-chunks). Chunk c covers k [c * k_chunk, min(k, (c + 1) * k_chunk)). With one chunk the
+// block writes its outputs; with several it writes partial [chunks, m, n], and the last block of its column
+// block to finish (a ticket per column block, reset after use) sums the chunks in chunk order and writes the
+// outputs, so a split product costs one launch.
 __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __restrict__ x, int m, int64_t k,
                                                               const __nv_bfloat16* __restrict__ w, int64_t n,
-                                                              int64_t k_chunk, float* __restrict__ out,
-                                                              float* __restrict__ partial) {
+                                                              int64_t k_chunk, MatmulOutputs outs,
+                                                              float* __restrict__ partial, int* __restrict__ tickets) {
   __shared__ __align__(32) __nv_bfloat16 xs[kSMaxM][kSK + kSPad];
   __shared__ __align__(32) __nv_bfloat16 ws[kSWarps][kSRowsPerWarp][kSK + kSPad];
+  __shared__ int last;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSRows + warp * kSRowsPerWarp;
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * k_chunk, k1 = min(k, k0 + k_chunk);
   const int mt = (m + 15) / 16;                   // x row fragments in use
+  const bool split = gridDim.y > 1;
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kSMaxM / 16][2];
 #pragma unroll
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
   }
   // Each fragment through this warp's (now free) W tile memory to guarded stores.
   float* cs = reinterpret_cast<float*>(&ws[warp][0][0]);   // 256 floats of the warp's 4.5 KiB
-  float* dst = gridDim.y == 1 ? out : partial + static_cast<int64_t>(blockIdx.y) * m * n;
+  float* part = split ? partial + static_cast<int64_t>(blockIdx.y) * m * n : nullptr;
 #pragma unroll
   for (int i = 0; i < kSMaxM / 16; ++i) {
     if (i >= mt) break;
@@ -170,20 +175,31 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
       for (int t = lane; t < 256; t += 32) {
         const int r = 16 * i + t / 16;
         const int64_t col = n0 + 16 * j + t % 16;
-        if (r < m && col < n) dst[r * n + col] = cs[t];
+        if (r < m && col < n) {
+          if (split) part[r * n + col] = cs[t];
+          else *outs.at(r, col) = cs[t];
+        }
       }
     }
   }
-}
-
-// out[i] = sum over the chunks, in chunk order.
-__global__ void splitk_sum_kernel(const float* __restrict__ partial, int chunks, int64_t count,
-                                  float* __restrict__ out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= count) return;
-  float s = partial[i];
-  for (int c = 1; c < chunks; ++c) s += partial[c * count + i];
-  out[i] = s;
+  if (!split) return;
+  __threadfence();                                // this chunk's partial is visible before the ticket
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&tickets[blockIdx.x], 1) == static_cast<int>(gridDim.y) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kSRows;
+  for (int t = threadIdx.x; t < m * kSRows; t += kSThreads) {
+    const int r = t / kSRows;
+    const int64_t col = c0 + (t - r * kSRows);
+    if (col >= n) continue;
+    float sum = __ldcg(partial + r * n + col);
+    for (int c = 1; c < static_cast<int>(gridDim.y); ++c)
+      sum += __ldcg(partial + (static_cast<int64_t>(c) * m + r) * n + col);
+    *outs.at(r, col) = sum;
+  }
+  if (threadIdx.x == 0) tickets[blockIdx.x] = 0;  // ready for the next launch
 }
 
 }  // namespace
@@ -193,25 +209,39 @@ bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w) {
   return w.dtype == DType::BF16 && m <= kSMaxM && w.cols % 8 == 0 && aligned(w.data) && aligned(x);
 }
 
-void tensor_core_skinny(const float* x, int m, const WeightView& w, float* out, int sm_count, Buffer& scratch) {
+namespace {
+// k-chunks: enough blocks for one wave, each chunk at least 8 steps; a function of (n, k, SMs), not of m.
+int skinny_chunks(int64_t n, int64_t k, int sm_count, int64_t* k_chunk) {
+  const int64_t blocks = (n + kSRows - 1) / kSRows;
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(sm_count / blocks, k / (8 * kSK)));
+  *k_chunk = ((k + want - 1) / want + kSK - 1) / kSK * kSK;
+  return static_cast<int>((k + *k_chunk - 1) / *k_chunk);
+}
+}  // namespace
+
+void tensor_core_skinny_scratch(int m, const WeightView& w, int sm_count, size_t* partial_bytes, size_t* tickets) {
+  int64_t k_chunk = 0;
+  const int chunks = skinny_chunks(w.rows, w.cols, sm_count, &k_chunk);
+  *partial_bytes = chunks > 1 ? static_cast<size_t>(chunks) * m * w.rows * sizeof(float) : 0;
+  *tickets = chunks > 1 ? static_cast<size_t>((w.rows + kSRows - 1) / kSRows) : 0;
+}
+
+void tensor_core_skinny(const float* x, int m, const WeightView& w, const MatmulOutputs& outs, int sm_count,
+                        Buffer& partials, Tickets& tickets) {
   TD_CHECK(tensor_core_skinny_fits(x, m, w), "[matmul] the skinny tensor-core path takes bf16 weights, at most ",
            kSMaxM, " rows and 16-byte aligned rows");
   const int64_t n = w.rows, k = w.cols;
+  TD_CHECK(outs.count >= 1 && outs.count <= MatmulOutputs::kMax && outs.end[outs.count - 1] == n,
+           "[matmul] the output parts do not cover the ", n, " rows of the weight");
   const int64_t blocks = (n + kSRows - 1) / kSRows;
   TD_CHECK(blocks <= 2147483647LL, "[matmul] too many output features: ", n);
-  // k-chunks: enough blocks for one wave, each chunk at least 8 steps; a function of (n, k, SMs), not of m.
-  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(sm_count / blocks, k / (8 * kSK)));
-  const int64_t k_chunk = ((k + want - 1) / want + kSK - 1) / kSK * kSK;
-  const int chunks = static_cast<int>((k + k_chunk - 1) / k_chunk);
-  float* partial = chunks > 1 ? scratch.as<float>(static_cast<size_t>(chunks) * m * n) : nullptr;
+  int64_t k_chunk = 0;
+  const int chunks = skinny_chunks(n, k, sm_count, &k_chunk);
+  float* partial = chunks > 1 ? partials.as<float>(static_cast<size_t>(chunks) * m * n) : nullptr;
+  int* ticket = chunks > 1 ? tickets.get(static_cast<size_t>(blocks)) : nullptr;
   tc_skinny_kernel<<<dim3(static_cast<unsigned>(blocks), chunks), kSThreads>>>(
-      x, m, k, static_cast<const __nv_bfloat16*>(w.data), n, k_chunk, out, partial);
+      x, m, k, static_cast<const __nv_bfloat16*>(w.data), n, k_chunk, outs, partial, ticket);
   TD_CUDA_LAUNCH_CHECK("matmul");
-  if (chunks > 1) {
-    const int64_t count = static_cast<int64_t>(m) * n;
-    splitk_sum_kernel<<<blocks_for(count, 256), 256>>>(partial, chunks, count, out);
-    TD_CUDA_LAUNCH_CHECK("matmul");
-  }
 }
 
 void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out) {

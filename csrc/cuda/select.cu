@@ -118,11 +118,13 @@ __global__ void accept_length_kernel(const int32_t* draft, const int32_t* target
 
 }  // namespace
 
+size_t select_scratch_bytes(int n) { return sizeof(Stats) * n * kSplits; }
+
 void CudaBackend::select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx, float* conf) {
   TD_CHECK(sp.temperature >= 0.0f, "[select] temperature must be >= 0, got ", sp.temperature);
   TD_CHECK(vocab > 1 || sp.exclude_id != 0, "[select] every token id is excluded");
   if (n == 0) return;
-  Stats* partial = static_cast<Stats*>(scratch_partial_.reserve(sizeof(Stats) * n * kSplits));
+  Stats* partial = static_cast<Stats*>(scratch_partial_.reserve(select_scratch_bytes(n)));
   select_split_kernel<<<dim3(n, kSplits), kThreads>>>(logits, vocab, sp, partial);
   TD_CUDA_LAUNCH_CHECK("select");
   select_merge_kernel<<<blocks_for(n, 128), 128>>>(partial, n, idx, conf);
