@@ -296,12 +296,18 @@ MUTANTS = {
     "bad WMMA leading dimension": ("matmul_tc.cu", "constexpr int kPad = 8;", "constexpr int kPad = 4;", "matmul_tc", False,
                                    "is not a multiple of 16 bytes"),
     "split-KV partials merged without rescaling": (
-        "attention.cu", "a += ps[2 + e] * expf(ps[0] - M);", "a += ps[2 + e];", "attention", False, "wrong answer"),
+        "attention.cu", "const float v = base[s * (2 + d) + 2 + e] * ms[s];", "const float v = base[s * (2 + d) + 2 + e];",
+        "attention", False, "wrong answer"),
+    "K/V tile not reloaded per tile": (
+        "attention.cu", "    stage_tile<T>(p, kb, vb, t0, vec, s, sm);", "    if (t0 == k_begin) stage_tile<T>(p, kb, vb, t0, vec, s, sm);",
+        "attention", False, "wrong answer"),
+    "split-k ticket not reset": (
+        "matmul_tc.cu", "  if (threadIdx.x == 0) tickets[blockIdx.x] = 0;", "", "matmul_skinny", False, "wrong answer"),
 }
 
 
-@pytest.mark.parametrize("op,asan", [("rms_norm", False), ("swiglu", False), ("matmul_tc", False), ("attention", False),
-                                     ("rms_norm", True), ("swiglu", True)])
+@pytest.mark.parametrize("op,asan", [("rms_norm", False), ("swiglu", False), ("matmul_tc", False), ("matmul_skinny", False),
+                                     ("attention", False), ("rms_norm", True), ("swiglu", True)])
 def test_the_real_kernels_pass_the_driver(builds, op, asan):
     p = run(builds.driver(asan), op)
     assert p.returncode == 0 and p.stdout.startswith("right"), p.stdout + p.stderr[-2000:]

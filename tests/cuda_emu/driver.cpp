@@ -4,6 +4,7 @@
 //
 // The bound is deliberately loose (these runs look for broken kernels, not for the last ulp; the parity
 // tests in tests/test_cuda.py hold the precise rule).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -108,8 +109,34 @@ int run_matmul_tc(Backend& be) {
   return verdict(dout.get_f32(), want, 2e-2);   // x is rounded to bf16 on this path
 }
 
+// The skinny tensor-core path with split-k (few weight rows, long k), twice with different inputs: the
+// second product needs the tickets the first left behind reset.
+int run_matmul_skinny(Backend& be) {
+  const int m = 5, n = 40, k = 4096;
+  const auto wf = randn(n * k, 10);
+  std::vector<uint16_t> w(wf.size());
+  for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_bf16(wf[i]);
+  Dev dw(be, w.size() * 2), dx(be, static_cast<size_t>(m) * k * 4), dout(be, static_cast<size_t>(m) * n * 4);
+  dw.put(w);
+  int worst = 0;
+  for (unsigned trial = 0; trial < 2; ++trial) {
+    const auto x = randn(m * k, 11 + trial);
+    dx.put(x);
+    be.matmul(dx.f(), m, WeightView{dw.p, DType::BF16, n, k}, dout.f());
+    std::vector<double> want(static_cast<size_t>(m) * n);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double s = 0;
+        for (int t = 0; t < k; ++t) s += static_cast<double>(bf16_to_f32(f32_to_bf16(x[i * k + t]))) * bf16_to_f32(w[j * k + t]);
+        want[i * n + j] = s;
+      }
+    worst = std::max(worst, verdict(dout.get_f32(), want, 1e-4));
+  }
+  return worst;
+}
+
 int run_attention(Backend& be) {
-  const int n = 3, T = 700, H = 4, G = 2, d = 32;
+  const int n = 3, T = 2600, H = 4, G = 2, d = 32;   // two key chunks: the merge runs
   const auto q = randn(n * H * d, 7), k = randn(T * G * d, 8), v = randn(T * G * d, 9);
   Dev dq(be, q.size() * 4), dk(be, k.size() * 4), dv(be, v.size() * 4), dout(be, q.size() * 4);
   dq.put(q);
@@ -161,8 +188,9 @@ int main(int argc, char** argv) {
     if (op == "rms_norm") return run_rms_norm(be);
     if (op == "swiglu") return run_swiglu(be);
     if (op == "matmul_tc") return run_matmul_tc(be);
+    if (op == "matmul_skinny") return run_matmul_skinny(be);
     if (op == "attention") return run_attention(be);
-    std::printf("usage: driver rms_norm|swiglu|matmul_tc|attention\n");
+    std::printf("usage: driver rms_norm|swiglu|matmul_tc|matmul_skinny|attention\n");
     return 1;
   } catch (const std::exception& e) {
     std::printf("FAULT: %s\n", e.what());
