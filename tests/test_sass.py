@@ -25,7 +25,7 @@ ARCHS = ("sm_80", "sm_90a")
 # (demangled-name pattern, SASS opcode patterns that must appear, register limit). The register limit is the
 # occupancy target: 256-thread blocks at two or more blocks per SM (128 registers), 128-thread blocks at four.
 GATES = [
-    (r"tc_matmul_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b"], 128),
+    (r"tc_matmul_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),
     (r"skinny_matmul_vec_kernel<\(td::DType\)0>", [r"\bLDG\.E\.128"], 128),
     (r"skinny_matmul_vec_kernel<\(td::DType\)1>", [r"\bLDG\.E\.128"], 128),
     (r"tc_skinny_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),   # weight streaming

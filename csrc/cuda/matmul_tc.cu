@@ -31,9 +31,10 @@ constexpr int kBM = 64, kBN = 64, kBK = 32;
 constexpr int kThreads = 128;
 constexpr int kPad = 8;   // bf16 elements of padding per smem row (keeps ldm a multiple of 8, spreads banks)
 
+// vec: k % 8 == 0 and 16-byte aligned rows, so the tiles are staged with 16-byte loads.
 __global__ void __launch_bounds__(kThreads) tc_matmul_kernel(const float* __restrict__ x, int m, int64_t k,
                                                              const __nv_bfloat16* __restrict__ w, int64_t n,
-                                                             float* __restrict__ out) {
+                                                             bool vec, float* __restrict__ out) {
   __shared__ __align__(32) __nv_bfloat16 xs[kBM][kBK + kPad];
   __shared__ __align__(32) __nv_bfloat16 ws[kBN][kBK + kPad];
   __shared__ __align__(32) float cs[4][32 * 32];
@@ -50,15 +51,35 @@ __global__ void __launch_bounds__(kThreads) tc_matmul_kernel(const float* __rest
 
   for (int64_t k0 = 0; k0 < k; k0 += kBK) {
     // Stage the x tile (fp32 -> bf16) and the W tile, zero outside the matrices.
-    for (int t = threadIdx.x; t < kBM * kBK; t += kThreads) {
-      const int r = t / kBK, c = t % kBK;
-      const int64_t gr = m0 + r, gc = k0 + c;
-      xs[r][c] = __float2bfloat16(gr < m && gc < k ? x[gr * k + gc] : 0.0f);
-    }
-    for (int t = threadIdx.x; t < kBN * kBK; t += kThreads) {
-      const int r = t / kBK, c = t % kBK;
-      const int64_t gr = n0 + r, gc = k0 + c;
-      ws[r][c] = gr < n && gc < k ? w[gr * k + gc] : __float2bfloat16(0.0f);
+    if (vec) {
+      for (int t = threadIdx.x; t < kBM * kBK / 4; t += kThreads) {
+        const int r = t / (kBK / 4), c = (t % (kBK / 4)) * 4;
+        const int64_t gr = m0 + r, gc = k0 + c;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (gr < m && gc < k) v = __ldg(reinterpret_cast<const float4*>(x + gr * k + gc));
+        xs[r][c] = __float2bfloat16(v.x);
+        xs[r][c + 1] = __float2bfloat16(v.y);
+        xs[r][c + 2] = __float2bfloat16(v.z);
+        xs[r][c + 3] = __float2bfloat16(v.w);
+      }
+      for (int t = threadIdx.x; t < kBN * kBK / 8; t += kThreads) {
+        const int r = t / (kBK / 8), c = (t % (kBK / 8)) * 8;
+        const int64_t gr = n0 + r, gc = k0 + c;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (gr < n && gc < k) v = __ldg(reinterpret_cast<const uint4*>(w + gr * k + gc));
+        *reinterpret_cast<uint4*>(&ws[r][c]) = v;
+      }
+    } else {
+      for (int t = threadIdx.x; t < kBM * kBK; t += kThreads) {
+        const int r = t / kBK, c = t % kBK;
+        const int64_t gr = m0 + r, gc = k0 + c;
+        xs[r][c] = __float2bfloat16(gr < m && gc < k ? x[gr * k + gc] : 0.0f);
+      }
+      for (int t = threadIdx.x; t < kBN * kBK; t += kThreads) {
+        const int r = t / kBK, c = t % kBK;
+        const int64_t gr = n0 + r, gc = k0 + c;
+        ws[r][c] = gr < n && gc < k ? w[gr * k + gc] : __float2bfloat16(0.0f);
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -248,7 +269,9 @@ void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out) 
   TD_CHECK(w.dtype == DType::BF16, "[matmul] the tensor-core path takes bf16 weights");
   const dim3 grid(blocks_for(w.rows, kBN), blocks_for(m, kBM));
   TD_CHECK(grid.y <= 65535, "[matmul] too many rows for one launch: ", m);
-  tc_matmul_kernel<<<grid, kThreads>>>(x, m, w.cols, static_cast<const __nv_bfloat16*>(w.data), w.rows, out);
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = w.cols % 8 == 0 && aligned(w.data) && aligned(x);
+  tc_matmul_kernel<<<grid, kThreads>>>(x, m, w.cols, static_cast<const __nv_bfloat16*>(w.data), w.rows, vec, out);
   TD_CUDA_LAUNCH_CHECK("matmul");
 }
 
