@@ -359,8 +359,9 @@ def test_every_kernel_and_path_runs():
                 ops.matmul(rng.standard_normal((3, k)).astype(np.float32), w, weight_dtype=wname, device="cuda")
         ops.matmul(rng.standard_normal((65, 32)).astype(np.float32), bf16(rng.standard_normal((16, 32))),
                    weight_dtype="bfloat16", device="cuda")   # tensor cores, prefill tiles
-        ops.matmul(rng.standard_normal((2, 4096)).astype(np.float32), bf16(rng.standard_normal((16, 4096))),
-                   weight_dtype="bfloat16", device="cuda")   # skinny tensor cores, split-k
+        for rows in (2, 40):                    # skinny tensor cores, split-k: the <= 32 and <= 64 row shapes
+            ops.matmul(rng.standard_normal((rows, 4096)).astype(np.float32), bf16(rng.standard_normal((16, 4096))),
+                       weight_dtype="bfloat16", device="cuda")
         for T in (8, 2100):                     # one key chunk, several (merged)
             q, kv = rng.standard_normal((1, 2, 16)).astype(np.float32), rng.standard_normal((T, 1, 16)).astype(np.float32)
             ops.attention(q, kv, kv, device="cuda")
@@ -379,8 +380,10 @@ def test_every_kernel_and_path_runs():
     assert not missing, f"kernels never launched: {sorted(missing)}"
     skinny = {(k, args) for k, args, *_ in log if k.startswith("skinny_matmul")}
     assert len(skinny) == 5, f"skinny matmul variants: {sorted(skinny)}"   # fp32/fp16 vector, 3 dtypes scalar
-    splits = {grid[1] for k, _, grid, *_ in log if k == "tc_skinny_kernel"}
+    splits = {grid[1] for k, _, grid, *_ in log if k.startswith("tc_skinny_kernel")}
     assert 1 in splits and max(splits) > 1, splits                       # one k-chunk, several
+    shapes = {args for k, args, *_ in log if k.startswith("tc_skinny_kernel")}
+    assert len(shapes) == 2, shapes
     chunks = {grid[1] for k, _, grid, *_ in log if k.startswith("attention_tile_kernel")}
     assert 1 in chunks and max(chunks) > 1, chunks
 

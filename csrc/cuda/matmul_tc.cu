@@ -115,34 +115,48 @@ __global__ void __launch_bounds__(kThreads) tc_matmul_kernel(const float* __rest
 
 constexpr int kSWarps = 8;
 constexpr int kSThreads = 32 * kSWarps;
-constexpr int kSRowsPerWarp = 32;                 // W rows per warp: two 16-column fragments
-constexpr int kSRows = kSWarps * kSRowsPerWarp;   // W rows per block
 constexpr int kSK = 64;                           // k per step
 constexpr int kSMaxM = 64;
 constexpr int kSPad = 8;
+// Two shapes with the same 8 accumulator fragments per warp: up to 32 rows of x with 64 W rows per warp
+// (512 per block: x is staged half as often), or up to 64 rows with 32 W rows per warp (256 per block).
+// The k-chunks are chosen for 512-row blocks in both, so a product's k order does not depend on the shape.
+constexpr int kSChunkRows = 512;
 
-// grid (W row blocks, k-chunks). Chunk c covers k [c * k_chunk, min(k, (c + 1) * k_chunk)). With one chunk the
-// block writes its outputs; with several it writes partial [chunks, m, n], and the last block of its column
-// block to finish (a ticket per column block, reset after use) sums the chunks in chunk order and writes the
-// outputs, so a split product costs one launch.
+template <int kMF, int kNF>   // x row fragments, W row fragments per warp
+struct Skinny {
+  static constexpr int kWarpRows = 16 * kNF;
+  static constexpr int kRows = kSWarps * kWarpRows;   // W rows per block
+  static constexpr int kM = 16 * kMF;                 // most x rows
+  static constexpr size_t kSmem = (kM + kSWarps * kWarpRows) * (kSK + kSPad) * sizeof(__nv_bfloat16);
+};
+
+// grid (W row blocks, k-chunks), dynamic shared memory Skinny::kSmem. Chunk c covers k [c * k_chunk,
+// min(k, (c + 1) * k_chunk)). With one chunk the block writes its outputs; with several it writes partial
+// [chunks, m, n], and the last block of its column block to finish (a ticket per column block, reset after
+// use) sums the chunks in chunk order and writes the outputs, so a split product costs one launch.
+template <int kMF, int kNF>
 __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __restrict__ x, int m, int64_t k,
                                                               const __nv_bfloat16* __restrict__ w, int64_t n,
                                                               int64_t k_chunk, MatmulOutputs outs,
                                                               float* __restrict__ partial, int* __restrict__ tickets) {
-  __shared__ __align__(32) __nv_bfloat16 xs[kSMaxM][kSK + kSPad];
-  __shared__ __align__(32) __nv_bfloat16 ws[kSWarps][kSRowsPerWarp][kSK + kSPad];
+  using S = Skinny<kMF, kNF>;
+  constexpr int kLd = kSK + kSPad;
+  extern __shared__ __align__(32) unsigned char smem_raw[];
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw);            // [kM][kLd]
   __shared__ int last;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSRows + warp * kSRowsPerWarp;
+  __nv_bfloat16* ws = xs + S::kM * kLd + warp * S::kWarpRows * kLd;         // this warp's [kWarpRows][kLd]
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kRows + warp * S::kWarpRows;
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * k_chunk, k1 = min(k, k0 + k_chunk);
   const int mt = (m + 15) / 16;                   // x row fragments in use
   const bool split = gridDim.y > 1;
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kSMaxM / 16][2];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMF][kNF];
 #pragma unroll
-  for (int i = 0; i < kSMaxM / 16; ++i)
+  for (int i = 0; i < kMF; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int j = 0; j < kNF; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
   for (int64_t kb = k0; kb < k1; kb += kSK) {
     __syncthreads();                              // the previous step's tiles are consumed
@@ -151,45 +165,47 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
       const int r = t / (kSK / 4), c = (t - r * (kSK / 4)) * 4;
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (r < m && kb + c < k1) v = __ldg(reinterpret_cast<const float4*>(x + r * k + kb + c));
-      xs[r][c] = __float2bfloat16(v.x);
-      xs[r][c + 1] = __float2bfloat16(v.y);
-      xs[r][c + 2] = __float2bfloat16(v.z);
-      xs[r][c + 3] = __float2bfloat16(v.w);
+      __nv_bfloat16* d = xs + r * kLd + c;
+      d[0] = __float2bfloat16(v.x);
+      d[1] = __float2bfloat16(v.y);
+      d[2] = __float2bfloat16(v.z);
+      d[3] = __float2bfloat16(v.w);
     }
-    // This warp's 32 x 64 W tile: 8 lanes per row, one 16-byte load each, 4 rows per pass.
+    // This warp's W tile: 8 lanes per row, one 16-byte load each, 4 rows per pass.
 #pragma unroll
-    for (int it = 0; it < kSRowsPerWarp * kSK / 8 / 32; ++it) {
+    for (int it = 0; it < S::kWarpRows * kSK / 8 / 32; ++it) {
       const int idx = it * 32 + lane;
       const int r = idx >> 3, c = (idx & 7) * 8;
       uint4 v = make_uint4(0u, 0u, 0u, 0u);
       if (n0 + r < n && kb + c < k1) v = __ldg(reinterpret_cast<const uint4*>(w + (n0 + r) * k + kb + c));
-      *reinterpret_cast<uint4*>(&ws[warp][r][c]) = v;
+      *reinterpret_cast<uint4*>(ws + r * kLd + c) = v;
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kSK; kk += 16) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[kNF];
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &ws[warp][16 * j][kk], kSK + kSPad);
+      for (int j = 0; j < kNF; ++j) wmma::load_matrix_sync(b[j], ws + 16 * j * kLd + kk, kLd);
 #pragma unroll
-      for (int i = 0; i < kSMaxM / 16; ++i) {
+      for (int i = 0; i < kMF; ++i) {
         if (i < mt) {
           wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-          wmma::load_matrix_sync(a, &xs[16 * i][kk], kSK + kSPad);
+          wmma::load_matrix_sync(a, xs + 16 * i * kLd + kk, kLd);
 #pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
+          for (int j = 0; j < kNF; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
         }
       }
     }
   }
   // Each fragment through this warp's (now free) W tile memory to guarded stores.
-  float* cs = reinterpret_cast<float*>(&ws[warp][0][0]);   // 256 floats of the warp's 4.5 KiB
+  __syncthreads();
+  float* cs = reinterpret_cast<float*>(ws);       // 256 floats of the warp's tile
   float* part = split ? partial + static_cast<int64_t>(blockIdx.y) * m * n : nullptr;
 #pragma unroll
-  for (int i = 0; i < kSMaxM / 16; ++i) {
+  for (int i = 0; i < kMF; ++i) {
     if (i >= mt) break;
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < kNF; ++j) {
       __syncwarp();
       wmma::store_matrix_sync(cs, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
@@ -210,10 +226,10 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kSRows;
-  for (int t = threadIdx.x; t < m * kSRows; t += kSThreads) {
-    const int r = t / kSRows;
-    const int64_t col = c0 + (t - r * kSRows);
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * S::kRows;
+  for (int t = threadIdx.x; t < m * S::kRows; t += kSThreads) {
+    const int r = t / S::kRows;
+    const int64_t col = c0 + (t - r * S::kRows);
     if (col >= n) continue;
     float sum = __ldcg(partial + r * n + col);
     for (int c = 1; c < static_cast<int>(gridDim.y); ++c)
@@ -231,20 +247,38 @@ bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w) {
 }
 
 namespace {
-// k-chunks: enough blocks for one wave, each chunk at least 8 steps; a function of (n, k, SMs), not of m.
+// k-chunks: one wave of 512-row blocks, each chunk at least 8 steps; a function of (n, k, SMs), not of m.
 int skinny_chunks(int64_t n, int64_t k, int sm_count, int64_t* k_chunk) {
-  const int64_t blocks = (n + kSRows - 1) / kSRows;
+  const int64_t blocks = (n + kSChunkRows - 1) / kSChunkRows;
   const int64_t want = std::max<int64_t>(1, std::min<int64_t>(sm_count / blocks, k / (8 * kSK)));
   *k_chunk = ((k + want - 1) / want + kSK - 1) / kSK * kSK;
   return static_cast<int>((k + *k_chunk - 1) / *k_chunk);
+}
+
+int64_t skinny_blocks(int m, int64_t n) {
+  const int rows = m <= Skinny<2, 4>::kM ? Skinny<2, 4>::kRows : Skinny<4, 2>::kRows;
+  return (n + rows - 1) / rows;
+}
+
+template <int kMF, int kNF>
+void launch_skinny(dim3 grid, const float* x, int m, int64_t k, const void* w, int64_t n, int64_t k_chunk,
+                   const MatmulOutputs& outs, float* partial, int* ticket) {
+  using S = Skinny<kMF, kNF>;
+  static const cudaError_t opt_in = cudaFuncSetAttribute(
+      tc_skinny_kernel<kMF, kNF>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
+  TD_CUDA_CHECK_NAMED(opt_in, "matmul");
+  tc_skinny_kernel<kMF, kNF><<<grid, kSThreads, S::kSmem>>>(x, m, k, static_cast<const __nv_bfloat16*>(w), n,
+                                                            k_chunk, outs, partial, ticket);
 }
 }  // namespace
 
 void tensor_core_skinny_scratch(int m, const WeightView& w, int sm_count, size_t* partial_bytes, size_t* tickets) {
   int64_t k_chunk = 0;
   const int chunks = skinny_chunks(w.rows, w.cols, sm_count, &k_chunk);
+  size_t most_blocks = 0;
+  for (int rows : {1, m}) most_blocks = std::max<size_t>(most_blocks, skinny_blocks(rows, w.rows));
   *partial_bytes = chunks > 1 ? static_cast<size_t>(chunks) * m * w.rows * sizeof(float) : 0;
-  *tickets = chunks > 1 ? static_cast<size_t>((w.rows + kSRows - 1) / kSRows) : 0;
+  *tickets = chunks > 1 ? most_blocks : 0;
 }
 
 void tensor_core_skinny(const float* x, int m, const WeightView& w, const MatmulOutputs& outs, int sm_count,
@@ -254,14 +288,17 @@ void tensor_core_skinny(const float* x, int m, const WeightView& w, const Matmul
   const int64_t n = w.rows, k = w.cols;
   TD_CHECK(outs.count >= 1 && outs.count <= MatmulOutputs::kMax && outs.end[outs.count - 1] == n,
            "[matmul] the output parts do not cover the ", n, " rows of the weight");
-  const int64_t blocks = (n + kSRows - 1) / kSRows;
+  const int64_t blocks = skinny_blocks(m, n);
   TD_CHECK(blocks <= 2147483647LL, "[matmul] too many output features: ", n);
   int64_t k_chunk = 0;
   const int chunks = skinny_chunks(n, k, sm_count, &k_chunk);
   float* partial = chunks > 1 ? partials.as<float>(static_cast<size_t>(chunks) * m * n) : nullptr;
   int* ticket = chunks > 1 ? tickets.get(static_cast<size_t>(blocks)) : nullptr;
-  tc_skinny_kernel<<<dim3(static_cast<unsigned>(blocks), chunks), kSThreads>>>(
-      x, m, k, static_cast<const __nv_bfloat16*>(w.data), n, k_chunk, outs, partial, ticket);
+  const dim3 grid(static_cast<unsigned>(blocks), chunks);
+  if (m <= Skinny<2, 4>::kM)
+    launch_skinny<2, 4>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+  else
+    launch_skinny<4, 2>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
   TD_CUDA_LAUNCH_CHECK("matmul");
 }
 
