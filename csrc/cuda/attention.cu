@@ -334,6 +334,8 @@ void CudaBackend::attention(const AttentionParams& p) {
   const int64_t pairs = static_cast<int64_t>(p.n_q) * p.heads;
   TD_CHECK(pairs <= 2147483647, "[attention] problem too large");
   const int chunks = (p.kv_len + kChunk - 1) / kChunk;
+  TD_CHECK(chunks <= 6144, "[attention] kv_len ", p.kv_len, " is over the CUDA kernel's ", 6144LL * kChunk,
+           " keys (the merge keeps two floats per key chunk in 48 KiB of shared memory)");
   float* partial = chunks > 1 ? static_cast<float*>(scratch_partial_.reserve(
                                     attention_scratch_bytes(p.n_q, p.heads, p.head_dim, p.kv_len)))
                               : nullptr;
