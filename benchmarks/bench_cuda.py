@@ -150,12 +150,20 @@ def bench_model(torch, tridecode, bw, rows, quick):
     t1 = events_ms(torch, lambda: step([5], "causal", True, True), runs)
     t32 = events_ms(torch, lambda: step(block, "bidirectional", False, False), runs)
     t32c = events_ms(torch, lambda: step(list(range(10, 42)), "causal", True, True), runs)
+    m.cuda_graphs = False                  # the same steps with every op launched from the host
+    t1e = events_ms(torch, lambda: step([5], "causal", True, True), runs)
+    t32e = events_ms(torch, lambda: step(block, "bidirectional", False, False), runs)
+    m.cuda_graphs = True
     rows.append(dict(bench="forward 8B", shape="n=1 (AR step)", ours_ms=t1, baseline="HBM floor", baseline_ms=floor,
                      floor_ms=floor, note=f"{m.device_memory_bytes / 2**30:.1f} GiB on device"))
     rows.append(dict(bench="forward 8B", shape="n=32 bidirectional (denoise step)", ours_ms=t32,
                      baseline="HBM floor", baseline_ms=floor, floor_ms=floor, note=""))
     rows.append(dict(bench="forward 8B", shape="n=32 causal (commit / verify)", ours_ms=t32c, baseline="HBM floor",
                      baseline_ms=floor, floor_ms=floor, note=""))
+    rows.append(dict(bench="forward 8B", shape="n=1, CUDA graph vs eager launches", ours_ms=t1, baseline="eager",
+                     baseline_ms=t1e, floor_ms=floor, note=f"{t1e - t1:.3f} ms of launch overhead removed"))
+    rows.append(dict(bench="forward 8B", shape="n=32 bidirectional, CUDA graph vs eager", ours_ms=t32,
+                     baseline="eager", baseline_ms=t32e, floor_ms=floor, note=""))
     # Targets: n=1 at >= 85% of the copy bandwidth (x floor <= 1.18), a 32-token block <= 1.2x a decode step.
     rows.append(dict(bench="forward 8B", shape="n=32 bidirectional vs n=1 (block / step)", ours_ms=t32,
                      baseline="n=1 step", baseline_ms=t1, floor_ms=floor,

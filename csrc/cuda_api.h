@@ -41,5 +41,8 @@ struct EmuLaunch {
 std::vector<std::pair<std::string, int64_t>> emu_settings();
 void emu_configure(const std::string& key, int64_t value);
 std::vector<EmuLaunch> emu_take_launches();   // launches recorded since the last call (record_launches=1)
+// Running totals: graph_launches (cudaGraphLaunch calls), graph_kernels (kernels run by their replays),
+// eager_kernels (kernels launched directly).
+std::vector<std::pair<std::string, int64_t>> emu_counters();
 
 }  // namespace td::cuda

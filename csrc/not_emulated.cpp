@@ -14,5 +14,6 @@ bool emulated() { return false; }
 std::vector<std::pair<std::string, int64_t>> emu_settings() { no_emulator(); }
 void emu_configure(const std::string&, int64_t) { no_emulator(); }
 std::vector<EmuLaunch> emu_take_launches() { no_emulator(); }
+std::vector<std::pair<std::string, int64_t>> emu_counters() { no_emulator(); }
 
 }  // namespace td::cuda

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 EMU = os.path.join(CSRC, "cuda_emu")
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-RUNTIME = [os.path.join(EMU, f) for f in ("fiber.cpp", "scheduler.cpp", "runtime.cpp", "traffic.cpp")]
+RUNTIME = [os.path.join(EMU, f) for f in ("fiber.cpp", "scheduler.cpp", "runtime.cpp", "graph.cpp", "traffic.cpp")]
 KERNELS = sorted(f for f in os.listdir(os.path.join(CSRC, "cuda")) if f.endswith(".cu"))
 ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
 # Kernel sources get the access instrumentation that counts traffic (as in the package's EMU build), except
@@ -214,6 +214,19 @@ def test_copies_and_frees_are_checked_against_allocations(builds):
     assert "runs past the end" in p.stdout
 
 
+def test_stream_capture_records_and_graphs_replay(builds):
+    p = run(builds.cases(False), "graph")
+    passes(p)
+    for what in ("malloc", "memcpy", "synchronize"):
+        assert f"{what}: operation not permitted when stream is capturing" in p.stdout, p.stdout
+    assert "legacy launch:" in p.stdout and "add_from_kernel" in p.stdout and "outside the graph" in p.stdout
+
+
+def test_a_graph_replayed_after_its_buffer_was_freed_is_a_fault(builds):
+    p = run(builds.cases(False), "stale_graph")
+    assert p.returncode == 2 and "add_from_kernel" in p.stdout and "not device memory" in p.stdout, p.stdout + p.stderr
+
+
 def test_device_memory_is_configurable(builds):
     p = run(builds.cases(False), "out_of_memory", TD_CUDA_EMU_MEMORY="64M")
     passes(p)
@@ -299,7 +312,8 @@ MUTANTS = {
         "attention.cu", "const float v = base[s * (2 + d) + 2 + e] * ms[s];", "const float v = base[s * (2 + d) + 2 + e];",
         "attention", False, "wrong answer"),
     "K/V tile not reloaded per tile": (
-        "attention.cu", "    stage_tile<T>(p, kb, vb, t0, vec, s, sm);", "    if (t0 == k_begin) stage_tile<T>(p, kb, vb, t0, vec, s, sm);",
+        "attention.cu", "    stage_tile<T>(p, kv_len, kb, vb, t0, vec, s, sm);",
+        "    if (t0 == k_begin) stage_tile<T>(p, kv_len, kb, vb, t0, vec, s, sm);",
         "attention", False, "wrong answer"),
     "split-k ticket not reset": (
         "matmul_tc.cu", "  if (threadIdx.x == 0) tickets[blockIdx.x] = 0;", "", "matmul_skinny", False, "wrong answer"),

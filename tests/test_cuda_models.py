@@ -230,3 +230,87 @@ def test_launches_per_forward():
     layers = cfg["num_hidden_layers"]
     assert len(decode) == len(block) == 2 + 9 * layers + 3, decode
     assert decode.count("tc_skinny_kernel") == 4 * layers + 1    # every bf16 product on the tensor cores
+    # The second run of a shape records its layer stack as a graph: from then on a forward is one graph
+    # launch (embed, norm and the 9 per layer) plus the head's 3 kernels launched directly.
+    for shape in (([4], "causal", "last"), (list(range(5, 21)), "bidirectional", "all")):
+        ids, pattern, logits = shape
+        m.forward_select(ids, pattern, write_cache=False, logits=logits)   # records, then replays
+        before = emu.counters()
+        m.forward_select(ids, pattern, write_cache=False, logits=logits)
+        after = emu.counters()
+        got = {k: after[k] - before[k] for k in after}
+        assert got == {"graph_launches": 1, "graph_kernels": 2 + 9 * layers, "eager_kernels": 3}, (pattern, got)
+    assert m.cuda_graph_count == 2
+
+
+def _same_generations(a, b, prompt, **kw):
+    for mode in ("ar", "diffusion", "self_spec"):
+        extra = {} if mode == "ar" else {"block_length": 4}
+        ra, rb = a.generate(prompt, mode=mode, **kw, **extra), b.generate(prompt, mode=mode, **kw, **extra)
+        assert (ra.tokens, ra.nfe) == (rb.tokens, rb.nfe), mode
+
+
+def _same_forwards(a, b, chunks):
+    """Each chunk three times on both models (eager, then recorded and replayed on a graph model): the
+    logits are the same bits."""
+    for ids, mode in chunks:
+        for _ in range(3):
+            np.testing.assert_array_equal(a.forward(ids, mode=mode, write_cache=False),
+                                          b.forward(ids, mode=mode, write_cache=False))
+
+
+def test_cuda_graphs_give_the_eager_bits(models):
+    """Replayed graphs compute what the ops launched one by one do, bit for bit: the golden checkpoint with
+    and without its drafter (fp32, exact against the golden data through test_golden_cases_on_cuda, which
+    runs with graphs on), and a bf16 model over one and several key chunks of its bf16 cache."""
+    eager = tridecode.load(GOLDEN_DIR, device="cuda", cuda_graphs=False)
+    graph = models["cuda_lora"]
+    assert graph.cuda_graphs and not eager.cuda_graphs
+    for m in (eager, graph):
+        m.reset()
+        m.forward(PROMPTS[4])
+    _same_forwards(eager, graph, [([7], "causal"), ([7, 8, 9, 10], "causal"), ([17] + [100] * 7, "bidirectional")])
+    _same_generations(eager, graph, PROMPTS[2], max_new_tokens=16)
+    _same_generations(eager, graph, PROMPTS[2], max_new_tokens=12, temperature=0.8, seed=5)
+    assert graph.cuda_graph_count > 0 and eager.cuda_graph_count == 0
+
+    pair = [tridecode.random_model(_bf16_config(), device="cuda", dtype="bfloat16", max_context=3000, seed=3,
+                                   cuda_graphs=on) for on in (False, True)]
+    for ctx in (40, 2500):                       # one key chunk, then two (the graph covers the capacity)
+        for m in pair:
+            m.reset()
+            m.append_random_cache(ctx, seed=1)
+        _same_forwards(*pair, [([5], "causal"), ([5, 6, 7, 8], "causal"), ([9] * 8, "bidirectional")])
+        _same_generations(*pair, [5, 6, 7], max_new_tokens=10)
+    assert pair[1].cuda_graph_count > 0
+
+
+def test_cuda_graphs_are_recorded_again_when_what_they_name_changes(models):
+    """A graph names device buffers: after any backend memory was freed (another model dropped, a buffer
+    grown) or the adapter changed, a model records its graphs again instead of replaying stale pointers (the
+    emulator faults on a freed buffer), and the results stay those of the eager forwards."""
+    import gc
+    eager = models["cuda_lora"]
+    m = tridecode.load(GOLDEN_DIR, device="cuda")
+    kw = dict(mode="self_spec", max_new_tokens=16, block_length=4)
+    want = eager.generate(PROMPTS[1], **kw).tokens
+    assert m.generate(PROMPTS[1], **kw).tokens == want
+    assert m.cuda_graph_count > 0
+    other = tridecode.load(GOLDEN_DIR, device="cuda", max_context=4096)
+    other.generate(PROMPTS[2], max_new_tokens=4)
+    del other
+    gc.collect()
+    assert m.cuda_graph_count == 0               # freed memory: nothing recorded is trusted
+    assert m.generate(PROMPTS[1], **kw).tokens == want
+    assert m.cuda_graph_count > 0
+    m.forward(list(range(1, 101)))               # past the reservation: the activations grow
+    m.reset()
+    assert m.generate(PROMPTS[1], **kw).tokens == want
+    lora = m.lora.path
+    m.detach_lora()
+    assert m.cuda_graph_count == 0
+    m.attach_lora(lora)
+    assert m.generate(PROMPTS[1], **kw).tokens == want
+    m.cuda_graphs = False
+    assert m.cuda_graph_count == 0
+    assert m.generate(PROMPTS[1], **kw).tokens == want

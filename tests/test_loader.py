@@ -139,6 +139,23 @@ def test_kv_cache_dtype_argument(golden):
         tridecode.random_model(cfg, max_context=8, kv_cache_dtype="bfloat16")
 
 
+def test_cuda_graphs_argument(golden):
+    assert golden.cuda_graphs and golden.cuda_graph_count == 0       # a setting; the CPU records nothing
+    m = tridecode.load(GOLDEN, lora=None, cuda_graphs=False)
+    assert not m.cuda_graphs
+    m.cuda_graphs = True
+    m.generate([1, 2, 3], max_new_tokens=4)
+    assert m.cuda_graphs and m.cuda_graph_count == 0
+    for bad in ("yes", 1, None):
+        with pytest.raises(TypeError, match="load: cuda_graphs must be True or False"):
+            tridecode.load(GOLDEN, cuda_graphs=bad)
+        with pytest.raises(TypeError, match="cuda_graphs must be True or False"):
+            m.cuda_graphs = bad
+    cfg = json.load(open(os.path.join(GOLDEN, "config.json")))
+    with pytest.raises(TypeError, match="random_model: cuda_graphs must be"):
+        tridecode.random_model(cfg, max_context=8, cuda_graphs="no")
+
+
 def test_golden_logits_match_reference(golden, expected):
     ref = safetensors.numpy.load_file(os.path.join(GOLDEN, "numerics.safetensors"))["causal_prefill.logits"]
     out = logits_of(golden, expected["numerics"]["prompt"])

@@ -238,6 +238,9 @@ class PyModel {
   int capacity() const { return model_->cache().capacity(); }
   int64_t cache_bytes() const { return model_->cache().bytes(); }
   std::string cache_dtype() const { return dtype_name(model_->cache().dtype()); }
+  bool graphs() const { return model_->graphs(); }
+  void set_graphs(bool on) { model_->set_graphs(on); }
+  int graph_count() const { return model_->graph_count(); }
   void reset() {
     locked([&] { model_->cache().reset(); });
   }
@@ -332,6 +335,11 @@ PYBIND11_MODULE(_C, m) {
   emu.def("configure", [](const py::kwargs& kw) {
     for (const auto& item : kw) td::cuda::emu_configure(item.first.cast<std::string>(), item.second.cast<int64_t>());
   });
+  emu.def("counters", [] {
+    py::dict d;
+    for (const auto& [k, v] : td::cuda::emu_counters()) d[py::str(k)] = v;
+    return d;
+  }, "running totals: graph_launches, graph_kernels (kernels their replays ran), eager_kernels");
   emu.def("take_launches", [] {
     py::list out;
     for (const auto& r : td::cuda::emu_take_launches()) {
@@ -372,6 +380,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("capacity", &PyModel::capacity)
       .def_property_readonly("cache_bytes", &PyModel::cache_bytes)
       .def_property_readonly("cache_dtype", &PyModel::cache_dtype)
+      .def_property("graphs", &PyModel::graphs, &PyModel::set_graphs)
+      .def_property_readonly("graph_count", &PyModel::graph_count)
       .def("reset", &PyModel::reset)
       .def("crop", &PyModel::crop)
       .def("append_random_cache", &PyModel::append_random_cache, py::arg("n"), py::arg("seed") = 0);
@@ -515,16 +525,18 @@ PYBIND11_MODULE(_C, m) {
                              rope_from(rope_cfg), is_query);
   });
   cu.def("attention", [=](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int n_q, int kv_len, int heads,
-                          int kv_heads, int head_dim, bool causal, float scale, int kv_code) {
+                          int kv_heads, int head_dim, bool causal, float scale, int kv_code, uintptr_t cached_ptr) {
     AttentionParams p;
     p.q = fptr(q); p.k = reinterpret_cast<const void*>(k); p.v = reinterpret_cast<const void*>(v); p.out = fptr(out);
     p.kv_dtype = dtype_from_code(kv_code);
     p.n_q = n_q; p.kv_len = kv_len; p.heads = heads; p.kv_heads = kv_heads; p.head_dim = head_dim;
     p.kv_token_stride = static_cast<int64_t>(kv_heads) * head_dim; p.kv_head_stride = head_dim;
     p.scale = scale; p.causal = causal;
+    p.cached = reinterpret_cast<const int32_t*>(cached_ptr);
     CudaCall().be.attention(p);
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("n_q"), py::arg("kv_len"), py::arg("heads"),
-     py::arg("kv_heads"), py::arg("head_dim"), py::arg("causal"), py::arg("scale"), py::arg("kv_code") = 0);
+     py::arg("kv_heads"), py::arg("head_dim"), py::arg("causal"), py::arg("scale"), py::arg("kv_code") = 0,
+     py::arg("cached_ptr") = 0);
   cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n) {
     CudaCall().be.swiglu(fptr(g), fptr(u), n, fptr(out));
   });
@@ -562,14 +574,15 @@ PYBIND11_MODULE(_C, m) {
   });
   cu.def("rope_kv_append", [=](uintptr_t q, uintptr_t k, uintptr_t v, int n, int heads, int kv_heads, int head_dim,
                                uintptr_t positions, const py::dict& rope_cfg, uintptr_t cache_k, uintptr_t cache_v,
-                               int64_t row0, int64_t head_stride, int cache_code) {
+                               int64_t row0, int64_t head_stride, int cache_code, uintptr_t row0_ptr) {
     CudaCall().be.rope_kv_append(fptr(q), fptr(k), fptr(v), n, heads, kv_heads, head_dim,
                                  reinterpret_cast<const int64_t*>(positions), rope_from(rope_cfg),
                                  reinterpret_cast<void*>(cache_k), reinterpret_cast<void*>(cache_v),
-                                 dtype_from_code(cache_code), row0, head_stride);
+                                 dtype_from_code(cache_code), row0, head_stride,
+                                 reinterpret_cast<const int32_t*>(row0_ptr));
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n"), py::arg("heads"), py::arg("kv_heads"),
      py::arg("head_dim"), py::arg("positions"), py::arg("rope_cfg"), py::arg("cache_k"), py::arg("cache_v"),
-     py::arg("row0"), py::arg("head_stride"), py::arg("cache_code") = 0);
+     py::arg("row0"), py::arg("head_stride"), py::arg("cache_code") = 0, py::arg("row0_ptr") = 0);
   cu.def("synchronize", &td::cuda::synchronize);
   cu.def("memory_info", [] {
     auto [free_b, total_b] = td::cuda::memory_info();

@@ -18,6 +18,9 @@ struct AttentionParams {
   float* out = nullptr;      // [n_q, heads, head_dim], contiguous
   int n_q = 0;
   int kv_len = 0;            // keys visible to the last query (cache length + n_q)
+  // Device backends, for graphs: when set, the cache length is read from this device int when the kernel
+  // runs (kv_len = *cached + n_q there), and kv_len above is only the bound that sizes the launch.
+  const int32_t* cached = nullptr;
   int heads = 0;
   int kv_heads = 0;
   int head_dim = 0;

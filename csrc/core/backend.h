@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "core/attention_params.h"
+#include "core/check.h"
 #include "core/config.h"
 #include "core/select_params.h"
 #include "core/tensor.h"
@@ -80,10 +81,13 @@ class Backend {
   }
   // RoPE on q [n, heads, head_dim] in place (with the query scale) and on k [n, kv_heads, head_dim], then the
   // rotated k and v appended to the cache rows row0..row0+n-1. k is scratch afterwards: a backend may leave
-  // it rotated or not.
+  // it rotated or not. row0_device, when set, holds row0 in backend memory, read when the op runs (graphs).
   virtual void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
                               const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
-                              DType cache_dtype, int64_t row0, int64_t head_stride) {
+                              DType cache_dtype, int64_t row0, int64_t head_stride,
+                              const int32_t* row0_device = nullptr) {
+    TD_CHECK(row0_device == nullptr || !is_device(), "[rope_kv_append] ", name(), " does not read row0 from device memory");
+    if (row0_device != nullptr) row0 = *row0_device;
     rope(q, n, heads, head_dim, positions, rp, true);
     rope(k, n, kv_heads, head_dim, positions, rp, false);
     kv_write(cache_k, cache_dtype, k, n, kv_heads, head_dim, row0, head_stride);
@@ -113,6 +117,19 @@ class Backend {
   // Speculative verification: the longest c with target[j] == draft[j + 1] for all j < c (c <= L - 1).
   // draft, target: [L]; target[j] is the verifier's choice for block position j + 1.
   virtual int accept_length(const int32_t* draft, const int32_t* target, int L) = 0;
+
+  // Graphs (device backends that have them). The ops this thread issues between begin_capture() and
+  // end_capture() are recorded instead of run; replay() runs them again, with the same arguments, in order
+  // with the backend's other work. Whatever changes between replays must therefore be read from backend
+  // memory (AttentionParams::cached, rope_kv_append's row0_device). end_capture() returns null when the
+  // capture failed (the device refused a call made during it; the error is cleared): run eagerly then.
+  virtual bool has_graphs() const { return false; }
+  virtual void begin_capture() { throw Error(detail::concat("[graph] the ", name(), " backend has no graphs")); }
+  virtual void* end_capture() { return nullptr; }
+  virtual void replay(void* graph) { (void)graph; }
+  virtual void destroy_graph(void* graph) { (void)graph; }
+  // Changes whenever backend memory is freed: a graph recorded under another value may name a freed buffer.
+  virtual uint64_t memory_epoch() const { return 0; }
 };
 
 Backend& cpu_backend();

@@ -39,7 +39,7 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
              uint64_t seed)
     : cfg_(std::move(cfg)), w_(std::move(weights)), backend_(backend),
       x_(backend), norm_(backend), q_(backend), k_(backend), v_(backend), attn_(backend), proj_(backend),
-      gate_(backend), up_(backend), lora_t_(backend), lora_u_(backend), ids_(backend), pos_(backend) {
+      gate_(backend), up_(backend), lora_t_(backend), lora_u_(backend), step_(backend) {
   cfg_.validate();
   validate_weights(cfg_, w_, !random_init);
   const ModelConfig& c = cfg_;
@@ -83,8 +83,7 @@ void Model::reserve(int rows) {
     lora_u_.as<float>(n * c.hidden);
   }
   if (!backend_.is_device()) return;
-  ids_.as<int32_t>(n);
-  pos_.as<int64_t>(n);
+  step_.reserve(12 * n + 8);
   ForwardPlan plan;
   plan.rows = rows;
   plan.heads = c.heads;
@@ -153,13 +152,14 @@ int64_t Model::backend_bytes() const {
   int64_t total = cache_.bytes();
   for (const Buffer& b : owned_) total += static_cast<int64_t>(b.capacity());
   for (const Buffer& b : lora_owned_) total += static_cast<int64_t>(b.capacity());
-  for (const Buffer* b : {&x_, &norm_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &lora_t_, &lora_u_, &ids_, &pos_})
+  for (const Buffer* b : {&x_, &norm_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &lora_t_, &lora_u_, &step_})
     total += static_cast<int64_t>(b->capacity());
   return total;
 }
 
 void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale) {
   const ModelConfig& c = cfg_;
+  drop_graphs();   // they name the adapter's buffers
   if (a.empty() && b.empty()) {
     for (auto& L : w_.layers) L.lora_a = L.lora_b = WeightView{};
     lora_owned_.clear();
@@ -199,6 +199,37 @@ void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightV
   reserve(std::min(kReservedRows, cache_.capacity()));
 }
 
+Model::~Model() { drop_graphs(); }
+
+void Model::drop_graphs() {
+  for (LayerGraph& g : graphs_) backend_.destroy_graph(g.exec);
+  graphs_.clear();
+}
+
+void Model::set_graphs(bool on) {
+  if (!on) drop_graphs();
+  use_graphs_ = on;
+}
+
+int Model::graph_count() const {
+  int count = 0;
+  for (const LayerGraph& g : graphs_) count += g.exec != nullptr && g.epoch == backend_.memory_epoch();
+  return count;
+}
+
+Model::LayerGraph* Model::graph_for(int n, AttnMode mode, bool lora) {
+  if (!use_graphs_ || !backend_.has_graphs() || n > kReservedRows) return nullptr;
+  for (LayerGraph& g : graphs_)
+    if (g.n == n && g.mode == mode && g.lora == lora) return &g;
+  if (static_cast<int>(graphs_.size()) >= kMaxGraphs) return nullptr;
+  LayerGraph g;
+  g.n = n;
+  g.mode = mode;
+  g.lora = lora;
+  graphs_.push_back(g);
+  return &graphs_.back();
+}
+
 void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache,
                     int logits_from, const ForwardOutput& out, bool use_lora) {
   const ModelConfig& c = cfg_;
@@ -216,6 +247,60 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   std::unique_lock<std::mutex> backend_lock;   // other models may use the same backend from other threads
   if (std::mutex* m = backend_.shared_state_mutex()) backend_lock = std::unique_lock<std::mutex>(*m);
 
+  const int cached = cache_.length();
+  std::vector<int64_t> host_pos(n);
+  for (int i = 0; i < n; ++i) host_pos[i] = start_pos + i;
+  if (!backend_.is_device()) {
+    run_layers(ids, n, host_pos.data(), cached, nullptr, mode, use_lora);
+  } else {
+    // One upload: positions, the cache length, the ids (step_'s layout).
+    const size_t bytes = 12 * static_cast<size_t>(n) + 8;
+    std::vector<char> host(bytes, 0);
+    std::memcpy(host.data(), host_pos.data(), 8 * static_cast<size_t>(n));
+    const int32_t len = cached;
+    std::memcpy(host.data() + 8 * n, &len, sizeof len);
+    std::memcpy(host.data() + 8 * n + 8, ids, 4 * static_cast<size_t>(n));
+    char* dev = static_cast<char*>(step_.reserve(bytes));
+    backend_.upload(dev, host.data(), bytes);
+    const auto* pos = reinterpret_cast<const int64_t*>(dev);
+    const auto* dev_cached = reinterpret_cast<const int32_t*>(dev + 8 * n);
+    const auto* dev_ids = reinterpret_cast<const int32_t*>(dev + 8 * n + 8);
+    LayerGraph* g = graph_for(n, mode, use_lora);
+    if (g != nullptr && g->exec != nullptr && g->epoch != backend_.memory_epoch()) {
+      backend_.destroy_graph(g->exec);   // recorded before some backend memory was freed: re-record
+      g->exec = nullptr;
+    }
+    if (g != nullptr && g->exec == nullptr && !g->failed && ++g->runs >= 2) {
+      const uint64_t epoch = backend_.memory_epoch();
+      try {
+        backend_.begin_capture();
+        run_layers(dev_ids, n, pos, cached, dev_cached, mode, use_lora);
+        g->exec = backend_.end_capture();
+      } catch (const std::exception&) {
+        backend_.destroy_graph(backend_.end_capture());   // the eager run below reports a real error
+        g->exec = nullptr;
+      }
+      g->failed = g->exec == nullptr;
+      g->epoch = epoch;
+    }
+    if (g != nullptr && g->exec != nullptr)
+      backend_.replay(g->exec);
+    else
+      run_layers(dev_ids, n, pos, cached, nullptr, mode, use_lora);
+  }
+
+  const int rows = n - logits_from;
+  const float* norm = static_cast<const float*>(norm_.get()) + static_cast<int64_t>(logits_from) * c.hidden;
+  if (out.logits != nullptr)
+    backend_.matmul(norm, rows, w_.head, out.logits);
+  else
+    backend_.head_select(norm, rows, w_.head, out.select, out.idx, out.conf);
+  if (write_cache) cache_.append(n);
+}
+
+void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached, const int32_t* cached_device,
+                       AttnMode mode, bool use_lora) {
+  const ModelConfig& c = cfg_;
   const int64_t H = c.hidden, QD = c.q_dim(), KD = c.kv_dim(), I = c.intermediate;
   float* x = x_.as<float>(n * H);
   float* norm = norm_.as<float>(n * H);
@@ -228,19 +313,8 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
   float* up = up_.as<float>(n * I);
   float* lora_t = use_lora ? lora_t_.as<float>(static_cast<size_t>(n) * w_.lora_rank) : nullptr;
   float* lora_u = use_lora ? lora_u_.as<float>(n * H) : nullptr;
-  std::vector<int64_t> host_pos(n);
-  for (int i = 0; i < n; ++i) host_pos[i] = start_pos + i;
-  const int32_t* dev_ids = ids;
-  const int64_t* pos = host_pos.data();
-  if (backend_.is_device()) {
-    dev_ids = ids_.as<int32_t>(n);
-    backend_.upload(const_cast<int32_t*>(dev_ids), ids, n * sizeof(int32_t));
-    pos = pos_.as<int64_t>(n);
-    backend_.upload(const_cast<int64_t*>(pos), host_pos.data(), n * sizeof(int64_t));
-  }
 
-  const int cached = cache_.length();
-  backend_.embed(w_.embed, dev_ids, n, x);
+  backend_.embed(w_.embed, ids, n, x);
   backend_.rms_norm(x, w_.layers[0].in_norm, n, H, c.rms_eps, norm);
   for (int li = 0; li < c.layers; ++li) {
     const LayerWeights& L = w_.layers[li];
@@ -257,11 +331,13 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
     void* kc = cache_.k(li);
     void* vc = cache_.v(li);
     backend_.rope_kv_append(q, k, v, n, c.heads, c.kv_heads, c.head_dim, pos, c.rope, kc, vc, cache_.dtype(), cached,
-                            cache_.head_stride());
+                            cache_.head_stride(), cached_device);
 
     AttentionParams p;
     p.q = q; p.k = kc; p.v = vc; p.kv_dtype = cache_.dtype(); p.out = attn;
-    p.n_q = n; p.kv_len = cached + n; p.heads = c.heads; p.kv_heads = c.kv_heads; p.head_dim = c.head_dim;
+    p.n_q = n; p.heads = c.heads; p.kv_heads = c.kv_heads; p.head_dim = c.head_dim;
+    p.kv_len = cached_device != nullptr ? cache_.capacity() : cached + n;
+    p.cached = cached_device;
     p.kv_token_stride = cache_.token_stride(); p.kv_head_stride = cache_.head_stride();
     p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     p.causal = mode == AttnMode::Causal;
@@ -288,13 +364,6 @@ void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode,
     const WeightView& next = li + 1 < c.layers ? w_.layers[li + 1].in_norm : w_.final_norm;
     backend_.add_rms_norm(x, proj, next, n, H, c.rms_eps, norm);
   }
-  const int rows = n - logits_from;
-  norm += static_cast<int64_t>(logits_from) * H;
-  if (out.logits != nullptr)
-    backend_.matmul(norm, rows, w_.head, out.logits);
-  else
-    backend_.head_select(norm, rows, w_.head, out.select, out.idx, out.conf);
-  if (write_cache) cache_.append(n);
 }
 
 }  // namespace td

@@ -73,6 +73,20 @@ class Model {
   void forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache, int logits_from,
                const ForwardOutput& out, bool use_lora = false);
 
+  // Graphs (backends that have them): the layer stack of a forward of up to kReservedRows tokens is
+  // recorded the second time its shape (chunk length, attention pattern, LoRA use) runs and replayed after,
+  // one launch instead of one per op; the chunk's ids, positions and the cache length reach it through
+  // device memory. The LM head and sampler run after it as usual. On by default; off records nothing and
+  // drops what was recorded.
+  void set_graphs(bool on);
+  bool graphs() const { return use_graphs_; }
+  int graph_count() const;    // graphs recorded and usable now
+  static constexpr int kMaxGraphs = 8;
+
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
   // Attaches (or, with empty views, removes) a LoRA adapter on o_proj; validated against the shapes.
   void set_lora(const std::vector<WeightView>& a, const std::vector<WeightView>& b, float scale);
   bool has_lora() const { return w_.lora_rank > 0; }
@@ -85,6 +99,22 @@ class Model {
   // Places the parts stacked by rows in one buffer (each part's seed is ++seed); the parts become views.
   // Parts of different dtypes are placed apart, and the result is empty.
   WeightView place_stacked(std::initializer_list<WeightView*> parts, bool random, uint64_t& seed, float std);
+  // Embedding, the layers and the final norm into norm_. cached_device (graphs) holds the cache length in
+  // backend memory; attention is then launched for the whole capacity.
+  void run_layers(const int32_t* ids, int n, const int64_t* pos, int cached, const int32_t* cached_device,
+                  AttnMode mode, bool use_lora);
+  void drop_graphs();
+
+  struct LayerGraph {
+    int n = 0;
+    AttnMode mode = AttnMode::Causal;
+    bool lora = false;
+    int runs = 0;             // eager runs so far (recorded on the second)
+    bool failed = false;      // the backend refused to record it: always eager
+    void* exec = nullptr;
+    uint64_t epoch = 0;       // backend memory_epoch() when recorded
+  };
+  LayerGraph* graph_for(int n, AttnMode mode, bool lora);
 
   ModelConfig cfg_;
   ModelWeights w_;
@@ -93,7 +123,11 @@ class Model {
   std::vector<Buffer> owned_;        // uploaded weights (device backends)
   std::vector<Buffer> lora_owned_;
   // Scratch, grown on demand: [n, hidden] x3, [n, q_dim] x2, [n, kv_dim] x2, [n, intermediate] x2, LoRA.
-  Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, ids_, pos_;
+  // step_ (device backends): the chunk's positions [n] int64, the cache length (int32, then 4 bytes of
+  // padding) and the token ids [n] int32, uploaded in one copy.
+  Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, step_;
+  bool use_graphs_ = true;
+  std::vector<LayerGraph> graphs_;
 };
 
 void validate_weights(const ModelConfig& cfg, const ModelWeights& w, bool need_data = true);

@@ -13,7 +13,9 @@
 // long as it sees the same keys. A query's chunks are merged in chunk order by a second kernel when there
 // are several; with one chunk the block writes the output itself (the merge of one chunk is that division).
 //
-// Same mask as AttentionParams: causal query i sees keys 0..kv_len - n_q + i.
+// Same mask as AttentionParams: causal query i sees keys 0..kv_len - n_q + i. Under a graph the cache length
+// is read from device memory (AttentionParams::cached) and the grid covers the cache's capacity: chunks past
+// the keys find nothing to do, write an empty partial (sum 0), and the merge skips them.
 #include <algorithm>
 #include <cfloat>
 
@@ -60,7 +62,7 @@ __device__ __forceinline__ float warp_max(float v) {
 // Stages keys t0..t0+31 of one kv head as fp32: K rows at k_stride (zero tail to round4(d)), V rows at d.
 // Keys at or past kv_len are zeros, so masked lanes add exact zeros.
 template <typename T>
-__device__ __forceinline__ void stage_tile(const AttentionParams& p, const T* __restrict__ kb,
+__device__ __forceinline__ void stage_tile(const AttentionParams& p, int kv_len, const T* __restrict__ kb,
                                            const T* __restrict__ vb, int t0, bool vec, const Smem& s,
                                            float* __restrict__ sm) {
   const int d = p.head_dim;
@@ -73,7 +75,7 @@ __device__ __forceinline__ void stage_tile(const AttentionParams& p, const T* __
       const int j = i / per, e = (i - j * per) * kVec;
       const int key = t0 + j;
       float kf[kVec], vf[kVec];
-      if (key < p.kv_len) {
+      if (key < kv_len) {
         const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
         const uint4 kr = __ldg(reinterpret_cast<const uint4*>(kb + off));
         const uint4 vr = __ldg(reinterpret_cast<const uint4*>(vb + off));
@@ -108,7 +110,7 @@ __device__ __forceinline__ void stage_tile(const AttentionParams& p, const T* __
       const int j = i / w, e = i - j * w;
       const int key = t0 + j;
       float kf = 0.0f, vf = 0.0f;
-      if (key < p.kv_len && e < d) {
+      if (key < kv_len && e < d) {
         const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
         kf = to_f32(kb[off]);
         vf = to_f32(vb[off]);
@@ -134,6 +136,8 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
   const int nrows = min(rows_per_tile, p.n_q * group - r0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const Smem s(rows_per_tile, d);
+  // The keys of this launch: from device memory when a graph replays it (p.kv_len is then the launch's bound).
+  const int kv_len = p.cached != nullptr ? *p.cached + p.n_q : p.kv_len;
   const T* kb = static_cast<const T*>(p.k) + g * p.kv_head_stride;
   const T* vb = static_cast<const T*>(p.v) + g * p.kv_head_stride;
 
@@ -157,19 +161,19 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
     for (int t = 0; t < kPer; ++t) acc[i][t] = 0.0f;
   const int last_q = (r0 + nrows - 1) / group;
   const int k_begin = c * kChunk;
-  const int k_end = min(p.kv_len, k_begin + kChunk);
-  const int tiles_end = p.causal ? min(k_end, p.kv_len - p.n_q + last_q + 1) : k_end;
+  const int k_end = min(kv_len, k_begin + kChunk);
+  const int tiles_end = p.causal ? min(k_end, kv_len - p.n_q + last_q + 1) : k_end;
   const float* qs = sm + s.q;
   const float* ks = sm + s.k;
   const float* vs = sm + s.v;
   // Keys row i of the warp sees (0 for rows past the tile).
   const auto vis = [&](int i) {
     const int r = i * kWarps + warp;
-    return r < nrows ? (p.causal ? p.kv_len - p.n_q + (r0 + r) / group + 1 : p.kv_len) : 0;
+    return r < nrows ? (p.causal ? kv_len - p.n_q + (r0 + r) / group + 1 : kv_len) : 0;
   };
   for (int t0 = k_begin; t0 < tiles_end; t0 += kKeys) {
     __syncthreads();                          // Q is staged / the previous tile is consumed
-    stage_tile<T>(p, kb, vb, t0, vec, s, sm);
+    stage_tile<T>(p, kv_len, kb, vb, t0, vec, s, sm);
     __syncthreads();
     // Scores, e outer and rows inner: the lane's key is read once per step for all of the warp's rows.
     float sc[kRPW];
@@ -312,7 +316,7 @@ void launch_tiles(const AttentionParams& p, int chunks, float* partial) {
       attention_tile_kernel<kPer, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
       static_cast<int>(Smem(Tile<kPer>::kRows, 32 * kPer).total * sizeof(float)));
   TD_CUDA_CHECK_NAMED(opt_in, "attention");
-  attention_tile_kernel<kPer, T><<<dim3(static_cast<unsigned>(p.kv_heads * row_tiles), chunks), kThreads, bytes>>>(
+  attention_tile_kernel<kPer, T><<<dim3(static_cast<unsigned>(p.kv_heads * row_tiles), chunks), kThreads, bytes, launch_stream()>>>(
       p, rows_per_tile, row_tiles, chunks, vec, partial);
 }
 
@@ -349,7 +353,7 @@ void CudaBackend::attention(const AttentionParams& p) {
   }
   TD_CUDA_LAUNCH_CHECK("attention");
   if (chunks > 1) {
-    attention_merge_kernel<<<static_cast<unsigned>(pairs), 128, 2 * chunks * sizeof(float)>>>(p, chunks, partial);
+    attention_merge_kernel<<<static_cast<unsigned>(pairs), 128, 2 * chunks * sizeof(float), launch_stream()>>>(p, chunks, partial);
     TD_CUDA_LAUNCH_CHECK("attention");
   }
 }

@@ -53,6 +53,10 @@ __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162flo
 // Throws td::Error unless a device is usable.
 void require_device();
 
+// The stream every kernel of the backend is launched into: the legacy default stream, or the backend's
+// capture stream while this host thread records a graph (CudaBackend::begin_capture).
+cudaStream_t launch_stream();
+
 // Launch-error check after every kernel launch (cheap: no synchronisation).
 #define TD_CUDA_LAUNCH_CHECK(op) TD_CUDA_CHECK_NAMED(cudaGetLastError(), op)
 #define TD_CUDA_CHECK_NAMED(expr, op)                                                               \

@@ -1,5 +1,6 @@
 // The CUDA backend: every op of core/backend.h on device pointers, on the legacy default stream (so it
-// orders with cupy and torch work on that stream). Activations are fp32, the KV cache fp32 or bf16 (as the
+// orders with cupy and torch work on that stream); graphs are recorded on a stream of the backend's own and
+// replayed on the legacy stream. Activations are fp32, the KV cache fp32 or bf16 (as the
 // model chose); weights stay in their stored dtype (bf16 / f16 / f32) and are widened in registers.
 #pragma once
 #include <cuda_runtime.h>
@@ -46,7 +47,8 @@ class CudaBackend final : public Backend {
   void add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) override;
   void rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
                       const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
-                      DType cache_dtype, int64_t row0, int64_t head_stride) override;
+                      DType cache_dtype, int64_t row0, int64_t head_stride,
+                      const int32_t* row0_device = nullptr) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
   void axpy(float* x, const float* y, float a, int64_t n) override;
@@ -56,6 +58,13 @@ class CudaBackend final : public Backend {
   int select_commits(const float* conf, const uint8_t* masked, int L, float threshold, int k,
                      uint8_t* commit) override;
   int accept_length(const int32_t* draft, const int32_t* target, int L) override;
+
+  bool has_graphs() const override { return true; }
+  void begin_capture() override;
+  void* end_capture() override;
+  void replay(void* graph) override;
+  void destroy_graph(void* graph) override;
+  uint64_t memory_epoch() const override;
 
  private:
   std::mutex mutex_;        // held around ops from different threads: they share the scratch below
@@ -73,6 +82,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t stage_done_[kStageSlots] = {};
   bool stage_used_[kStageSlots] = {};
   int stage_next_ = 0;
+  cudaStream_t capture_stream_ = nullptr;   // non-blocking; graphs are replayed on the legacy stream
 };
 
 }  // namespace td::cuda

@@ -97,7 +97,49 @@ CudaBackend::CudaBackend()
 
 namespace {
 std::atomic<uint64_t> g_allocs{0}, g_frees{0};
+thread_local cudaStream_t t_launch_stream = nullptr;
 }  // namespace
+
+cudaStream_t launch_stream() { return t_launch_stream; }
+
+// Graphs: this thread's launches go to the capture stream until end_capture(). Thread-local capture mode:
+// other threads keep launching eagerly on the legacy stream meanwhile (the backend mutex keeps them out of
+// the shared scratch), while this thread may not allocate, free or synchronise (the capture would fail).
+void CudaBackend::begin_capture() {
+  TD_CHECK(t_launch_stream == nullptr, "[graph] this thread is already recording a graph");
+  if (capture_stream_ == nullptr) TD_CUDA_CHECK(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking));
+  TD_CUDA_CHECK(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal));
+  t_launch_stream = capture_stream_;
+}
+
+void* CudaBackend::end_capture() {
+  if (t_launch_stream == nullptr) return nullptr;
+  t_launch_stream = nullptr;
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamEndCapture(capture_stream_, &graph) != cudaSuccess || graph == nullptr) {
+    cudaGetLastError();
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return exec;
+}
+
+void CudaBackend::replay(void* graph) {
+  TD_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), nullptr));
+}
+
+void CudaBackend::destroy_graph(void* graph) {
+  if (graph != nullptr) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph));
+}
+
+uint64_t CudaBackend::memory_epoch() const { return g_frees.load(); }
 
 std::pair<uint64_t, uint64_t> allocation_counts() { return {g_allocs.load(), g_frees.load()}; }
 

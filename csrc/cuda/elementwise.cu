@@ -119,7 +119,7 @@ __device__ __forceinline__ void store_kv(void* cache, DType t, int64_t i, float 
 __global__ void rope_kv_append_kernel(float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                       const int64_t* __restrict__ positions, RopeArgs a, int kv_heads,
                                       void* __restrict__ cache_k, void* __restrict__ cache_v, DType cache_dtype,
-                                      int64_t row0, int64_t head_stride) {
+                                      int64_t row0, const int32_t* __restrict__ row0_device, int64_t head_stride) {
   const int i = blockIdx.x, hy = blockIdx.y, j = threadIdx.x, d = 2 * a.half;
   const float pos = block_position(positions, i);
   float sn, cs;
@@ -138,6 +138,7 @@ __global__ void rope_kv_append_kernel(float* __restrict__ q, const float* __rest
   const float* vr = v + (static_cast<int64_t>(i) * kv_heads + g) * d;
   float rot[2] = {kr[j], kr[j + a.half]};
   rotate(rot, 0, 1, cs, sn, 1.0f);
+  if (row0_device != nullptr) row0 = *row0_device;
   const int64_t dst = g * head_stride + (row0 + i) * d;
   store_kv(cache_k, cache_dtype, dst + j, rot[0]);
   store_kv(cache_k, cache_dtype, dst + j + a.half, rot[1]);
@@ -179,13 +180,13 @@ __global__ void fill_random_kernel(void* dst, DType t, int64_t n, float std, uin
 }  // namespace
 
 void CudaBackend::embed(const WeightView& table, const int32_t* ids, int n, float* out) {
-  embed_kernel<<<n, kThreads>>>(table.data, table.dtype, table.cols, ids, out);
+  embed_kernel<<<n, kThreads, 0, launch_stream()>>>(table.data, table.dtype, table.cols, ids, out);
   TD_CUDA_LAUNCH_CHECK("embed");
 }
 
 void CudaBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
   if (n == 0) return;
-  rms_norm_kernel<<<n, kThreads>>>(const_cast<float*>(x), nullptr, w.data, w.dtype, dim, eps, out);
+  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(const_cast<float*>(x), nullptr, w.data, w.dtype, dim, eps, out);
   TD_CUDA_LAUNCH_CHECK("rms_norm");
 }
 
@@ -209,36 +210,37 @@ RopeArgs rope_args(int heads, int head_dim, const RopeParams& rp, bool is_query)
 void CudaBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
                        bool is_query) {
   const RopeArgs a = rope_args(heads, head_dim, rp, is_query);
-  rope_kernel<<<dim3(n, heads), a.half>>>(x, positions, a);
+  rope_kernel<<<dim3(n, heads), a.half, 0, launch_stream()>>>(x, positions, a);
   TD_CUDA_LAUNCH_CHECK("rope");
 }
 
 void CudaBackend::rope_kv_append(float* q, float* k, const float* v, int n, int heads, int kv_heads, int head_dim,
                                  const int64_t* positions, const RopeParams& rp, void* cache_k, void* cache_v,
-                                 DType cache_dtype, int64_t row0, int64_t head_stride) {
+                                 DType cache_dtype, int64_t row0, int64_t head_stride,
+                                 const int32_t* row0_device) {
   const RopeArgs a = rope_args(heads, head_dim, rp, true);
   TD_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16, "[rope_kv_append] KV cache dtype ",
            dtype_name(cache_dtype), " is not supported on CUDA");
-  rope_kv_append_kernel<<<dim3(n, heads + kv_heads), a.half>>>(q, k, v, positions, a, kv_heads, cache_k, cache_v,
-                                                               cache_dtype, row0, head_stride);
+  rope_kv_append_kernel<<<dim3(n, heads + kv_heads), a.half, 0, launch_stream()>>>(q, k, v, positions, a, kv_heads, cache_k, cache_v,
+                                                               cache_dtype, row0, row0_device, head_stride);
   TD_CUDA_LAUNCH_CHECK("rope_kv_append");
 }
 
 void CudaBackend::add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) {
   if (n == 0) return;
-  rms_norm_kernel<<<n, kThreads>>>(x, y, w.data, w.dtype, dim, eps, out);
+  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(x, y, w.data, w.dtype, dim, eps, out);
   TD_CUDA_LAUNCH_CHECK("add_rms_norm");
 }
 
 void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
-  swiglu_kernel<<<blocks_for(n, kThreads), kThreads>>>(gate, up, n, out);
+  swiglu_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(gate, up, n, out);
   TD_CUDA_LAUNCH_CHECK("swiglu");
 }
 
 void CudaBackend::add(float* x, const float* y, int64_t n) { axpy(x, y, 1.0f, n); }
 
 void CudaBackend::axpy(float* x, const float* y, float a, int64_t n) {
-  axpy_kernel<<<blocks_for(n, kThreads), kThreads>>>(x, y, a, n);
+  axpy_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(x, y, a, n);
   TD_CUDA_LAUNCH_CHECK("axpy");
 }
 
@@ -246,13 +248,13 @@ void CudaBackend::kv_write(void* cache, DType cache_dtype, const float* chunk, i
                            int64_t row0, int64_t head_stride) {
   TD_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16, "[kv_write] KV cache dtype ",
            dtype_name(cache_dtype), " is not supported on CUDA");
-  kv_write_kernel<<<dim3(n, kv_heads), head_dim < 1024 ? head_dim : 1024>>>(cache, cache_dtype, chunk, kv_heads,
+  kv_write_kernel<<<dim3(n, kv_heads), head_dim < 1024 ? head_dim : 1024, 0, launch_stream()>>>(cache, cache_dtype, chunk, kv_heads,
                                                                             head_dim, row0, head_stride);
   TD_CUDA_LAUNCH_CHECK("kv_write");
 }
 
 void CudaBackend::fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) {
-  fill_random_kernel<<<blocks_for(n, kThreads), kThreads>>>(dst, t, n, std, seed);
+  fill_random_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(dst, t, n, std, seed);
   TD_CUDA_LAUNCH_CHECK("fill_random");
 }
 

@@ -156,12 +156,12 @@ void launch(const float* x, int m, const WeightView& w, float* out) {
   // bf16 weights reach here only in shapes the tensor cores do not take (k % 8 != 0, unaligned rows).
   if constexpr (WT != DType::BF16) {
     if (w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-      skinny_matmul_vec_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kRowsPerBlock)), kThreads>>>(
+      skinny_matmul_vec_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kRowsPerBlock)), kThreads, 0, launch_stream()>>>(
           x, m, w.cols, w.data, w.rows, out);
       return;
     }
   }
-  skinny_matmul_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kWarps)), kThreads>>>(
+  skinny_matmul_kernel<WT><<<dim3(blocks_for(m, kMT), blocks_for(w.rows, kWarps)), kThreads, 0, launch_stream()>>>(
       x, m, w.cols, w.data, w.rows, out);
 }
 

@@ -267,7 +267,7 @@ void launch_skinny(dim3 grid, const float* x, int m, int64_t k, const void* w, i
   static const cudaError_t opt_in = cudaFuncSetAttribute(
       tc_skinny_kernel<kMF, kNF>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
   TD_CUDA_CHECK_NAMED(opt_in, "matmul");
-  tc_skinny_kernel<kMF, kNF><<<grid, kSThreads, S::kSmem>>>(x, m, k, static_cast<const __nv_bfloat16*>(w), n,
+  tc_skinny_kernel<kMF, kNF><<<grid, kSThreads, S::kSmem, launch_stream()>>>(x, m, k, static_cast<const __nv_bfloat16*>(w), n,
                                                             k_chunk, outs, partial, ticket);
 }
 }  // namespace
@@ -308,7 +308,7 @@ void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out) 
   TD_CHECK(grid.y <= 65535, "[matmul] too many rows for one launch: ", m);
   const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   const bool vec = w.cols % 8 == 0 && aligned(w.data) && aligned(x);
-  tc_matmul_kernel<<<grid, kThreads>>>(x, m, w.cols, static_cast<const __nv_bfloat16*>(w.data), w.rows, vec, out);
+  tc_matmul_kernel<<<grid, kThreads, 0, launch_stream()>>>(x, m, w.cols, static_cast<const __nv_bfloat16*>(w.data), w.rows, vec, out);
   TD_CUDA_LAUNCH_CHECK("matmul");
 }
 

@@ -125,9 +125,9 @@ void CudaBackend::select(const float* logits, int n, int vocab, const SelectPara
   TD_CHECK(vocab > 1 || sp.exclude_id != 0, "[select] every token id is excluded");
   if (n == 0) return;
   Stats* partial = static_cast<Stats*>(scratch_partial_.reserve(select_scratch_bytes(n)));
-  select_split_kernel<<<dim3(n, kSplits), kThreads>>>(logits, vocab, sp, partial);
+  select_split_kernel<<<dim3(n, kSplits), kThreads, 0, launch_stream()>>>(logits, vocab, sp, partial);
   TD_CUDA_LAUNCH_CHECK("select");
-  select_merge_kernel<<<blocks_for(n, 128), 128>>>(partial, n, idx, conf);
+  select_merge_kernel<<<blocks_for(n, 128), 128, 0, launch_stream()>>>(partial, n, idx, conf);
   TD_CUDA_LAUNCH_CHECK("select");
 }
 
@@ -141,7 +141,7 @@ void CudaBackend::head_select(const float* x, int n, const WeightView& head, con
 int CudaBackend::select_commits(const float* conf, const uint8_t* masked, int L, float threshold, int k,
                                 uint8_t* commit) {
   int* count = scratch_small_.as<int>(1);
-  select_commits_kernel<<<1, 1>>>(conf, masked, L, threshold, k, commit, count);
+  select_commits_kernel<<<1, 1, 0, launch_stream()>>>(conf, masked, L, threshold, k, commit, count);
   TD_CUDA_LAUNCH_CHECK("select_commits");
   int host = 0;
   download(&host, count, sizeof(int));
@@ -150,7 +150,7 @@ int CudaBackend::select_commits(const float* conf, const uint8_t* masked, int L,
 
 int CudaBackend::accept_length(const int32_t* draft, const int32_t* target, int L) {
   int* out = scratch_small_.as<int>(1);
-  accept_length_kernel<<<1, 1>>>(draft, target, L, out);
+  accept_length_kernel<<<1, 1, 0, launch_stream()>>>(draft, target, L, out);
   TD_CUDA_LAUNCH_CHECK("accept_length");
   int host = 0;
   download(&host, out, sizeof(int));

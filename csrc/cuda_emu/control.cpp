@@ -50,6 +50,8 @@ void emu_configure(const std::string& key, int64_t v) {
   }
 }
 
+std::vector<std::pair<std::string, int64_t>> emu_counters() { return td_emu::graph_counters(); }
+
 std::vector<EmuLaunch> emu_take_launches() {
   std::vector<EmuLaunch> out;
   for (auto& r : td_emu::take_launch_log())

@@ -16,11 +16,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "types.h"
 #include "device_math.h"
@@ -111,6 +114,10 @@ struct LaunchSpec {
   int pointer_count;
 };
 void launch(const LaunchSpec& spec, ThreadFn body, void* ctx);
+// Stream capture (graph.cpp): whether any capture is open, and the capture of one launch: 1 recorded (replay
+// runs it later), 0 not captured (run it now), -1 refused (the error is set).
+bool any_capture();
+int capture_launch(const LaunchSpec& spec, std::function<void()> replay);
 
 class Launch {
  public:
@@ -135,10 +142,28 @@ class Launch {
     spec_.pointer_args = ptrs;
     spec_.pointer_index = index;
     spec_.pointer_count = count;
-    launch(spec_, [](void* c) {
+    ThreadFn body = [](void* c) {
       Ctx* x = static_cast<Ctx*>(c);
       std::apply(x->k, x->args);   // each thread gets its own copies of the by-value parameters
-    }, &ctx);
+    };
+    if (any_capture()) {
+      // A capturing stream keeps a copy of the launch (its arguments by value) for the graph to replay.
+      struct Node {
+        LaunchSpec spec;
+        std::vector<const void*> ptrs;
+        std::vector<int> index;
+        Ctx ctx;
+      };
+      auto node = std::make_shared<Node>(Node{spec_, std::vector<const void*>(ptrs, ptrs + count),
+                                              std::vector<int>(index, index + count), ctx});
+      const int r = capture_launch(spec_, [node, body]() {
+        node->spec.pointer_args = node->ptrs.data();
+        node->spec.pointer_index = node->index.data();
+        launch(node->spec, body, &node->ctx);
+      });
+      if (r != 0) return;
+    }
+    launch(spec_, body, &ctx);
   }
 
  private:

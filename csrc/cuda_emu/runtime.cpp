@@ -91,6 +91,11 @@ const char* plain_string(cudaError_t e) {
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
     default: return "unknown error";
   }
 }
@@ -313,7 +318,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }   // launches complete before they return
+cudaError_t cudaDeviceSynchronize() {   // launches complete before they return
+  return td_emu::capture_refuses("cudaDeviceSynchronize");
+}
 cudaError_t cudaDeviceReset() { return cudaSuccess; }
 cudaError_t cudaDriverGetVersion(int* v) { *v = 13000; return cudaSuccess; }
 cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSuccess; }
@@ -328,6 +335,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 // ---- memory ----
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaMalloc")) return cap;
   *ptr = nullptr;
   if (bytes == 0) return cudaSuccess;
   {
@@ -351,6 +359,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 }
 
 cudaError_t cudaFree(void* ptr) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaFree")) return cap;
   if (ptr == nullptr) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(td_emu::g_mem_mutex);
@@ -367,6 +376,7 @@ cudaError_t cudaFree(void* ptr) {
 cudaError_t cudaMallocHost(void** ptr, size_t bytes) { return cudaHostAlloc(ptr, bytes, 0); }
 
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaHostAlloc")) return cap;
   *ptr = nullptr;
   void* p = nullptr;
   if (posix_memalign(&p, 256, bytes == 0 ? 1 : bytes) != 0)
@@ -378,6 +388,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned int) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaFreeHost")) return cap;
   if (ptr == nullptr) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(td_emu::g_mem_mutex);
@@ -388,33 +399,61 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+namespace td_emu {
+namespace {
+cudaError_t copy_now(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* api) {
   if (kind == cudaMemcpyDefault) {
-    const bool d = td_emu::is_device_range(dst, bytes, nullptr), s = td_emu::is_device_range(src, bytes, nullptr);
+    const bool d = is_device_range(dst, bytes, nullptr), s = is_device_range(src, bytes, nullptr);
     kind = d && s ? cudaMemcpyDeviceToDevice : d ? cudaMemcpyHostToDevice : s ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost;
   }
-  const cudaError_t e = td_emu::check_copy(dst, src, bytes, kind, "cudaMemcpy");
+  const cudaError_t e = check_copy(dst, src, bytes, kind, api);
   if (e != cudaSuccess) return e;
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
+cudaError_t set_now(void* ptr, int value, size_t bytes, const char* api) {
+  if (bytes == 0) return cudaSuccess;
+  std::string why;
+  if (!is_device_range(ptr, bytes, &why)) return fail_call(cudaErrorInvalidValue, std::string(api) + ": " + why);
+  std::memset(ptr, value, bytes);
+  return cudaSuccess;
+}
+// The replay of a captured copy or memset: checked again against the allocations then.
+void replay_or_fault(cudaError_t e) {
+  if (e != cudaSuccess) throw KernelFault(std::string("[cuda-emu] graph replay: ") + cudaGetErrorString(e));
+}
+}  // namespace
+}  // namespace td_emu
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaMemcpy")) return cap;
+  return td_emu::copy_now(dst, src, bytes, kind, "cudaMemcpy");
+}
+
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
   if (!td_emu::is_valid_stream(stream)) return fail_call(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: unknown stream");
-  return cudaMemcpy(dst, src, bytes, kind);
+  cudaError_t err = cudaSuccess;
+  const int cap = td_emu::capture_stream_op(stream, "cudaMemcpyAsync", [=] {
+    td_emu::replay_or_fault(td_emu::copy_now(dst, src, bytes, kind, "cudaMemcpyAsync"));
+  }, &err);
+  if (cap != 0) return err;
+  return td_emu::copy_now(dst, src, bytes, kind, "cudaMemcpyAsync");
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
-  if (bytes == 0) return cudaSuccess;
-  std::string why;
-  if (!td_emu::is_device_range(ptr, bytes, &why)) return fail_call(cudaErrorInvalidValue, "cudaMemset: " + why);
-  std::memset(ptr, value, bytes);
-  return cudaSuccess;
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaMemset")) return cap;
+  return td_emu::set_now(ptr, value, bytes, "cudaMemset");
 }
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
   if (!td_emu::is_valid_stream(stream)) return fail_call(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: unknown stream");
-  return cudaMemset(ptr, value, bytes);
+  cudaError_t err = cudaSuccess;
+  const int cap = td_emu::capture_stream_op(stream, "cudaMemsetAsync", [=] {
+    td_emu::replay_or_fault(td_emu::set_now(ptr, value, bytes, "cudaMemsetAsync"));
+  }, &err);
+  if (cap != 0) return err;
+  return td_emu::set_now(ptr, value, bytes, "cudaMemsetAsync");
 }
 
 // ---- streams and events (work is done when issued; they keep only their identity and timestamps) ----
@@ -453,6 +492,7 @@ cudaError_t destroy(std::set<const void*>& live, Handle h, const char* api) {
 cudaError_t cudaStreamDestroy(cudaStream_t s) { return td_emu::destroy(td_emu::g_streams, s, "cudaStreamDestroy"); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (const cudaError_t cap = td_emu::capture_refuses("cudaStreamSynchronize")) return cap;
   if (!td_emu::is_valid_stream(s)) return fail_call(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: unknown stream");
   return cudaSuccess;
 }
@@ -472,12 +512,18 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     std::lock_guard<std::mutex> lock(td_emu::g_mem_mutex);
     if (td_emu::g_events.count(e) == 0) return fail_call(cudaErrorInvalidResourceHandle, "cudaEventRecord: unknown event");
   }
+  cudaError_t err = cudaSuccess;
+  const int cap = td_emu::capture_stream_op(s, "cudaEventRecord", [e] {
+    e->t = std::chrono::steady_clock::now();
+    e->recorded = true;
+  }, &err);
+  if (cap != 0) return err;
   e->t = std::chrono::steady_clock::now();
   e->recorded = true;
   return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return td_emu::capture_refuses("cudaEventSynchronize"); }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   if (!a->recorded || !b->recorded) return fail_call(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event was never recorded");

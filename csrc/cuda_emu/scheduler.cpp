@@ -402,9 +402,11 @@ bool bad_launch(const LaunchSpec& sp, cudaError_t code, const std::string& what)
   return true;
 }
 
+}  // namespace
+
 // Launch-configuration errors are reported as CUDA does: the kernel does not run and cudaGetLastError
 // returns the error.
-bool invalid_config(const LaunchSpec& sp) {
+bool launch_config_invalid(const LaunchSpec& sp) {
   const dim3 g = sp.grid, b = sp.block;
   const unsigned long long threads = static_cast<unsigned long long>(b.x) * b.y * b.z;
   if (b.x == 0 || b.y == 0 || b.z == 0 || g.x == 0 || g.y == 0 || g.z == 0)
@@ -422,6 +424,8 @@ bool invalid_config(const LaunchSpec& sp) {
     return bad_launch(sp, cudaErrorInvalidResourceHandle, "the stream was not created by cudaStreamCreate (or is destroyed)");
   return false;
 }
+
+namespace {
 
 void check_mask(const Run& r, const Thread& t) {
   const int lane = t.linear % 32;
@@ -574,7 +578,8 @@ void check_launch_bounds(unsigned long long max_threads, Site site) {
 void launch(const LaunchSpec& sp, ThreadFn body, void* ctx) {
   if (t_launching)
     fail("kernel " + std::string(sp.kernel) + " launched from inside a kernel: dynamic parallelism is not emulated");
-  if (invalid_config(sp)) return;
+  if (launch_config_invalid(sp)) return;
+  count_kernel();
   for (int i = 0; i < sp.pointer_count; ++i) {
     std::string why;
     if (sp.pointer_args[i] != nullptr && !is_device_range(sp.pointer_args[i], 0, &why)) {

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,17 @@ void traffic_begin(Traffic* out);
 void traffic_end();
 // The live device allocations (base, size), for traffic.cpp's address test.
 std::vector<std::pair<uintptr_t, size_t>> device_ranges();
+
+// Stream capture (graph.cpp). An API call that is not permitted while a capture applies to the calling
+// thread: returns the error (set, and the capture invalidated), else cudaSuccess.
+cudaError_t capture_refuses(const char* api);
+// Work for stream s: 1 recorded into s's capture, 0 to run now, -1 refused (*err set).
+int capture_stream_op(cudaStream_t s, const char* api, std::function<void()> op, cudaError_t* err);
+// A launch's configuration error, reported as cudaGetLastError does (scheduler.cpp).
+bool launch_config_invalid(const LaunchSpec& sp);
+// Kernels run by graph replays, kernels launched directly, graphs launched.
+void count_kernel();
+std::vector<std::pair<std::string, int64_t>> graph_counters();
 
 struct LaunchRecord {
   std::string kernel;

@@ -146,7 +146,7 @@ def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32") -> dict:
 
 
 def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto",
-         kv_cache_dtype: str = "auto"):
+         kv_cache_dtype: str = "auto", cuda_graphs: bool = True):
     """Loads a Hugging Face checkpoint directory.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
@@ -159,6 +159,9 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         attaches that adapter, None attaches none.
     kv_cache_dtype: "auto" (bfloat16 for bf16 weights on CUDA, else float32), "float32" or "bfloat16"
         (CUDA only). A bf16 cache halves the bytes attention reads; scores and sums stay fp32.
+    cuda_graphs: on CUDA, record the layer stack of each decode / block shape as a CUDA graph the second
+        time it runs and replay it after (one launch instead of one per op; same results bit for bit).
+        False runs every op eagerly. Settable later as `model.cuda_graphs`.
     """
     from .model import Model  # local import: model.py imports this module
 
@@ -171,6 +174,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         lora = check.path("load: lora", lora)
     if max_context is not None:
         check.integer("load: max_context", max_context, 1)
+    cuda_graphs = check.flag("load: cuda_graphs", cuda_graphs)
     cfg = load_config(directory)
     if max_context is None:
         max_context = min(cfg.max_position_embeddings, 4096)
@@ -188,6 +192,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     if _files.exists(tok_path):
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_file(tok_path)
+    native.graphs = cuda_graphs
     # A device model holds its own copy of the weights: the memory maps need not stay open.
     model = Model(native, cfg, weights if device == "cpu" else {}, directory=directory, tokenizer=tokenizer,
                   tied=tied, device=device)
@@ -229,7 +234,7 @@ def _check_device(device) -> None:
 
 
 def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max_context: int = 4096,
-                 seed: int = 0, kv_cache_dtype: str = "auto"):
+                 seed: int = 0, kv_cache_dtype: str = "auto", cuda_graphs: bool = True):
     """A model of the given config.json contents with random weights made directly in the backend's memory
     (no checkpoint, no host copy): for benchmarks. Weights ~ N(0, 1/fan_in), norms 1."""
     from .config import parse_config
@@ -240,9 +245,11 @@ def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max
     cfg = parse_config(config)
     max_context = check.integer("random_model: max_context", max_context, 1, cfg.max_position_embeddings)
     seed = check.seed("random_model: seed", seed)
+    cuda_graphs = check.flag("random_model: cuda_graphs", cuda_graphs)
     code = {"F32": 0, "F16": 1, "BF16": 2}[target]
     if device == "cpu":
         _check_host_memory(cfg, 4 if code == 0 else 2, max_context)
     kv_dtype = _kv_cache_dtype("random_model", kv_cache_dtype, device, code)
     native = _C.Model.random(native_config(cfg, kv_dtype), code, max_context, device, seed)
+    native.graphs = cuda_graphs
     return Model(native, cfg, {}, directory="<random>", device=device)

@@ -89,6 +89,24 @@ class Model:
         """Storage dtype of the KV cache: "float32" or "bfloat16" (see `tridecode.load`)."""
         return self._native.cache_dtype
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether decode and block forwards on CUDA replay recorded CUDA graphs (see `tridecode.load`); a
+        setting, not a promise: the CPU backend has none, and a shape the driver refuses runs eagerly."""
+        return self._native.graphs
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, on: bool) -> None:
+        on = check.flag("cuda_graphs", on)
+        with self.lock:
+            self._native.graphs = on
+
+    @property
+    def cuda_graph_count(self) -> int:
+        """CUDA graphs recorded and ready to replay (0 on the CPU)."""
+        with self.lock:
+            return self._native.graph_count
+
     @_locked
     def reset(self) -> None:
         """Empties the KV cache."""

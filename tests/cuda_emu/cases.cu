@@ -397,6 +397,92 @@ int case_out_of_memory() {
   return 0;
 }
 
+// Stream capture: launches and async copies into the capturing stream are recorded, not run; a replay runs
+// them in order with the captured arguments (reading device memory as it is then); a graph replays as many
+// times as asked; an allocation, a synchronous copy or work into another stream during a capture is refused
+// and invalidates it.
+__global__ void add_from_kernel(const int* src, int* dst, int k) {
+  dst[threadIdx.x] += src[0] + k;
+}
+
+int case_graph() {
+  Buf<int> src(1), dst(32);
+  dst.put(std::vector<int>(32, 0));
+  int* pinned = nullptr;
+  CHECK(cudaMallocHost(&pinned, sizeof(int)));
+  cudaStream_t s;
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  cudaStreamCaptureStatus st;
+  CHECK(cudaStreamIsCapturing(s, &st));
+  EXPECT(st == cudaStreamCaptureStatusActive);
+  CHECK(cudaMemcpyAsync(src.p, pinned, sizeof(int), cudaMemcpyHostToDevice, s));
+  add_from_kernel<<<1, 32, 0, s>>>(src.p, dst.p, 1);
+  add_from_kernel<<<1, 32, 0, s>>>(src.p, dst.p, 2);
+  CHECK(cudaGetLastError());
+  cudaGraph_t g;
+  CHECK(cudaStreamEndCapture(s, &g));
+  EXPECT(dst.get()[0] == 0);                       // nothing ran while recording
+  cudaGraphExec_t exec;
+  CHECK(cudaGraphInstantiate(&exec, g, 0));
+  CHECK(cudaGraphDestroy(g));
+  *pinned = 10;
+  CHECK(cudaGraphLaunch(exec, nullptr));
+  EXPECT(dst.get()[31] == 23);                     // (10 + 1) + (10 + 2)
+  *pinned = 100;
+  CHECK(cudaGraphLaunch(exec, s));
+  EXPECT(dst.get()[0] == 23 + 203);                // the copy node read the new host value
+  CHECK(cudaGraphExecDestroy(exec));
+
+  // Refused during a capture: each invalidates it, and cudaStreamEndCapture then gives no graph.
+  const auto refused = [&](const char* what, const std::function<cudaError_t()>& call, cudaError_t code) -> bool {
+    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return false;
+    const cudaError_t e = call();
+    if (e != code) {
+      std::printf("FAIL %s: got %d, expected %d\n", what, static_cast<int>(e), static_cast<int>(code));
+      return false;
+    }
+    std::printf("%s: %s\n", what, cudaGetErrorString(cudaGetLastError()));
+    cudaGraph_t none = reinterpret_cast<cudaGraph_t>(1);
+    const cudaError_t end = cudaStreamEndCapture(s, &none);
+    cudaGetLastError();
+    return end == cudaErrorStreamCaptureInvalidated && none == nullptr;
+  };
+  void* p = nullptr;
+  std::vector<int> host(32);
+  EXPECT(refused("malloc", [&] { return cudaMalloc(&p, 64); }, cudaErrorStreamCaptureUnsupported));
+  EXPECT(refused("memcpy", [&] { return cudaMemcpy(host.data(), dst.p, 128, cudaMemcpyDeviceToHost); },
+                 cudaErrorStreamCaptureUnsupported));
+  EXPECT(refused("synchronize", [&] { return cudaDeviceSynchronize(); }, cudaErrorStreamCaptureUnsupported));
+  EXPECT(refused("legacy launch", [&] {
+    add_from_kernel<<<1, 32>>>(src.p, dst.p, 0);
+    return cudaPeekAtLastError();
+  }, cudaErrorStreamCaptureImplicit));
+  EXPECT(dst.get()[0] == 226);                     // the refused launch did not run
+  EXPECT(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeThreadLocal) == cudaErrorStreamCaptureUnsupported);
+  cudaGetLastError();
+  CHECK(cudaStreamDestroy(s));
+  CHECK(cudaFreeHost(pinned));
+  return 0;
+}
+
+// A graph that outlives a buffer it captured is a fault at replay, like the eager launch would be.
+int launch_stale_graph() {
+  cudaStream_t s;
+  cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  cudaGraphExec_t exec;
+  {
+    Buf<int> src(1), dst(32);
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    add_from_kernel<<<1, 32, 0, s>>>(src.p, dst.p, 1);
+    cudaGraph_t g;
+    cudaStreamEndCapture(s, &g);
+    cudaGraphInstantiate(&exec, g, 0);
+  }
+  cudaGraphLaunch(exec, nullptr);
+  return 1;
+}
+
 // ---- faults: each of these kernels is wrong, and the emulator must say so (exit status 2) ----
 
 __global__ void exit_before_barrier_kernel(float* out) {
@@ -577,6 +663,8 @@ int main(int argc, char** argv) {
       {"out_of_memory", case_out_of_memory},
       {"race", case_race},
       {"traffic", case_traffic},
+      {"graph", case_graph},
+      {"stale_graph", launch_stale_graph},
       {"exit_before_barrier", FAULT_CASE(launch_exit_before_barrier, 64)},
       {"two_barriers", FAULT_CASE(launch_two_barriers, 64)},
       {"half_warp_shuffle", FAULT_CASE(launch_half_warp_shuffle, 64)},
