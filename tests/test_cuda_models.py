@@ -314,3 +314,18 @@ def test_cuda_graphs_are_recorded_again_when_what_they_name_changes(models):
     m.cuda_graphs = False
     assert m.cuda_graph_count == 0
     assert m.generate(PROMPTS[1], **kw).tokens == want
+
+
+def test_cuda_graphs_keep_the_shapes_in_use():
+    """A model keeps at most 8 graphs: a new shape replaces the one used least recently, and every replay
+    still gives the eager bits."""
+    pair = [tridecode.random_model(_bf16_config(), device="cuda", dtype="bfloat16", max_context=256, seed=4,
+                                   cuda_graphs=on) for on in (False, True)]
+    eager, graph = pair
+    for n in range(1, 11):                       # ten chunk lengths, each twice: recorded on the second
+        ids = list(range(1, n + 1))
+        for _ in range(2):
+            np.testing.assert_array_equal(eager.forward(ids, write_cache=False), graph.forward(ids, write_cache=False))
+    assert graph.cuda_graph_count == 8
+    _same_forwards(eager, graph, [([1], "causal"), ([3, 4, 5, 6], "bidirectional")])   # evicted ones come back
+    assert graph.cuda_graph_count == 8

@@ -219,15 +219,29 @@ int Model::graph_count() const {
 
 Model::LayerGraph* Model::graph_for(int n, AttnMode mode, bool lora) {
   if (!use_graphs_ || !backend_.has_graphs() || n > kReservedRows) return nullptr;
-  for (LayerGraph& g : graphs_)
-    if (g.n == n && g.mode == mode && g.lora == lora) return &g;
-  if (static_cast<int>(graphs_.size()) >= kMaxGraphs) return nullptr;
+  ++graph_clock_;
+  for (LayerGraph& g : graphs_) {
+    if (g.n == n && g.mode == mode && g.lora == lora) {
+      g.last_use = graph_clock_;
+      return &g;
+    }
+  }
   LayerGraph g;
   g.n = n;
   g.mode = mode;
   g.lora = lora;
-  graphs_.push_back(g);
-  return &graphs_.back();
+  g.last_use = graph_clock_;
+  if (static_cast<int>(graphs_.size()) < kMaxGraphs) {
+    graphs_.push_back(g);
+    return &graphs_.back();
+  }
+  // Full: the shape used least recently (a one-off prefill length, typically) makes room.
+  LayerGraph* old = &graphs_[0];
+  for (LayerGraph& e : graphs_)
+    if (e.last_use < old->last_use) old = &e;
+  backend_.destroy_graph(old->exec);
+  *old = g;
+  return old;
 }
 
 void Model::forward(const int32_t* ids, int n, int64_t start_pos, AttnMode mode, bool write_cache,

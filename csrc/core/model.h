@@ -81,7 +81,7 @@ class Model {
   void set_graphs(bool on);
   bool graphs() const { return use_graphs_; }
   int graph_count() const;    // graphs recorded and usable now
-  static constexpr int kMaxGraphs = 8;
+  static constexpr int kMaxGraphs = 8;   // per model; the least recently used shape makes room
 
   ~Model();
   Model(const Model&) = delete;
@@ -113,6 +113,7 @@ class Model {
     bool failed = false;      // the backend refused to record it: always eager
     void* exec = nullptr;
     uint64_t epoch = 0;       // backend memory_epoch() when recorded
+    uint64_t last_use = 0;    // graph_clock_ at its latest forward
   };
   LayerGraph* graph_for(int n, AttnMode mode, bool lora);
 
@@ -127,7 +128,8 @@ class Model {
   // padding) and the token ids [n] int32, uploaded in one copy.
   Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, step_;
   bool use_graphs_ = true;
-  std::vector<LayerGraph> graphs_;
+  std::vector<LayerGraph> graphs_;   // at most kMaxGraphs; the least recently used shape is replaced
+  uint64_t graph_clock_ = 0;
 };
 
 void validate_weights(const ModelConfig& cfg, const ModelWeights& w, bool need_data = true);
