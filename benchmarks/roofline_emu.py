@@ -62,7 +62,7 @@ def ops_table():
         matmul_op("qkv_proj", Q + 2 * K, HIDDEN),            # q, k and v stacked: one launch
         ("rope+kv_append", ("rope_kv_append_kernel",), 1,
          lambda n, kv: (n * (Q + 2 * K) * A + n * 8 + n * Q * A + 2 * n * K * KV, 6.0 * n * (Q + K))),
-        ("attention", ("attention_tile_kernel", "attention_merge_kernel"), (1, 2),   # merge: several chunks
+        ("attention", ("attention_tile_kernel", "attention_mma_kernel", "attention_merge_kernel"), (1, 2),   # merge: several chunks
          lambda n, kv: (2 * kv * K * KV + 2 * n * Q * A, 4.0 * n * HEADS * HEAD_DIM * kv)),
         matmul_op("o_proj", HIDDEN, Q),
         ("add+post_norm", ("rms_norm_kernel",), 1, add_norm),

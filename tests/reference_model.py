@@ -3,7 +3,8 @@ backends' logits are measured against (tolerance.py); RoPE angles are rounded to
 them. naive=True runs the same forward in float32 with tolerance.naive32's ops: the baseline of the rule for
 a kernel that computes in fp32; bf16_inputs_over=N also rounds the inputs of every matmul over a chunk of
 more than N rows to bf16, the precision of the CUDA backend's tensor-core path; bf16_cache=True rounds the
-K/V to bf16 as they enter the cache, as the CUDA backend's bf16 KV cache stores them."""
+K/V to bf16 as they enter the cache, as the CUDA backend's bf16 KV cache stores them, and (naive) computes
+attention as its tensor-core kernel does over that cache (q and the probabilities rounded to bf16)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class ReferenceModel:
 
     def _ops(self):
         if self.dtype == np.float32:
-            return naive32.rms_norm, naive32.attention, naive32.swiglu
+            d = self.cfg.head_dim
+            mma = self.bf16_cache and d % 16 == 0 and d <= 128    # the CUDA kernel for such a cache
+            return naive32.rms_norm, naive32.attention_bf16 if mma else naive32.attention, naive32.swiglu
         return ref.rms_norm, ref.attention, ref.swiglu
 
     def forward(self, ids, mode="causal"):

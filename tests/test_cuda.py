@@ -201,7 +201,8 @@ def test_rope(head_dim, positions):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("n,T,h,g,d", [(1, 1, 4, 4, 16), (1, 37, 8, 2, 64), (8, 8, 4, 2, 16), (8, 300, 4, 1, 128),
-                                       (32, 1000, 8, 2, 128), (1, 8192, 32, 8, 128), (5, 600, 2, 1, 64)])
+                                       (32, 1000, 8, 2, 128), (1, 8192, 32, 8, 128), (5, 600, 2, 1, 64),
+                                       (40, 300, 8, 2, 48), (3, 50, 4, 2, 24)])
 def test_attention(causal, n, T, h, g, d):
     q = rng.standard_normal((n, h, d)).astype(np.float32)
     k = rng.standard_normal((T, g, d)).astype(np.float32)
@@ -212,13 +213,19 @@ def test_attention(causal, n, T, h, g, d):
     _C.cuda_raw.attention(qd.ptr, kd.ptr, vd.ptr, out.ptr, n, T, h, g, d, causal, 1.0 / np.sqrt(d))
     assert_within(out.fetch(), want, base, "cuda")
     assert_within(ops.attention(q, k, v, causal=causal), want, base, "cpu")
-    # A bf16 cache: the stored bf16 values are the kernel's inputs, and it keeps to the fp32 rule on them.
+    # A bf16 cache: the stored bf16 values are the kernel's inputs. With head_dim a multiple of 16 (up to 128)
+    # it runs on the tensor cores, q and the probabilities rounded to bf16: held to a naive kernel that rounds
+    # alike, against float64 on the rounded q; other head sizes keep to the fp32 rule.
     k16, v16 = bf16(k), bf16(v)
     kq, vq = bf16_values(k16), bf16_values(v16)
     kd, vd = dev(k16), dev(v16)
     _C.cuda_raw.attention(qd.ptr, kd.ptr, vd.ptr, out.ptr, n, T, h, g, d, causal, 1.0 / np.sqrt(d), 2)
-    assert_within(out.fetch(), ref.attention(q, kq, vq, causal=causal), naive32.attention(q, kq, vq, causal=causal),
-                  "cuda, bf16 cache")
+    if d % 16 == 0 and d <= 128:
+        qq = bf16_values(bf16(q))
+        want16, base16 = ref.attention(qq, kq, vq, causal=causal), naive32.attention_bf16(q, kq, vq, causal=causal)
+    else:
+        want16, base16 = ref.attention(q, kq, vq, causal=causal), naive32.attention(q, kq, vq, causal=causal)
+    assert_within(out.fetch(), want16, base16, "cuda, bf16 cache")
 
 
 @pytest.mark.parametrize("cache", ["float32", "bfloat16"])
@@ -371,7 +378,9 @@ def test_every_kernel_and_path_runs():
         model = tridecode.load(GOLDEN_DIR, device="cuda")          # with the LoRA drafter (axpy)
         model.generate(PROMPTS[1], mode="self_spec", max_new_tokens=4, block_length=4)
         model.generate(PROMPTS[1], mode="diffusion", max_new_tokens=4, block_length=4, temperature=0.5, seed=1)
-        tridecode.random_model(json.load(open(f"{GOLDEN_DIR}/config.json")), device="cuda", max_context=16)
+        bf16_model = tridecode.random_model(json.load(open(f"{GOLDEN_DIR}/config.json")), device="cuda", max_context=16)
+        assert bf16_model.kv_cache_dtype == "bfloat16"
+        bf16_model.forward([1, 2, 3])           # attention over a bf16 cache: the tensor-core kernel
     finally:
         emu.configure(record_launches=0)
     log = emu.take_launches()
@@ -386,6 +395,7 @@ def test_every_kernel_and_path_runs():
     assert len(shapes) == 2, shapes
     chunks = {grid[1] for k, _, grid, *_ in log if k.startswith("attention_tile_kernel")}
     assert 1 in chunks and max(chunks) > 1, chunks
+    assert "attention_mma_kernel" in launched and "attention_tile_kernel" in launched
 
 
 def test_emulator_settings_change_the_device():

@@ -315,13 +315,20 @@ MUTANTS = {
         "attention.cu", "    stage_tile<T>(p, kv_len, kb, vb, t0, vec, s, sm);",
         "    if (t0 == k_begin) stage_tile<T>(p, kv_len, kb, vb, t0, vec, s, sm);",
         "attention", False, "wrong answer"),
+    "tensor-core attention output not rescaled": (
+        "attention.cu", "      so[r * L.ldo + e] *= cs[r];", "", "attention_bf16", False, "wrong answer"),
+    "tensor-core attention scores read before they are complete": (
+        "attention.cu", "      wmma::store_matrix_sync(ss + 16 * rf * L.lds + 16 * kf, acc, L.lds, wmma::mem_row_major);\n    }\n    __syncthreads();",
+        "      wmma::store_matrix_sync(ss + 16 * rf * L.lds + 16 * kf, acc, L.lds, wmma::mem_row_major);\n    }\n",
+        "attention_bf16", False, "wrong answer"),
     "split-k ticket not reset": (
         "matmul_tc.cu", "  if (threadIdx.x == 0) tickets[blockIdx.x] = 0;", "", "matmul_skinny", False, "wrong answer"),
 }
 
 
 @pytest.mark.parametrize("op,asan", [("rms_norm", False), ("swiglu", False), ("matmul_tc", False), ("matmul_skinny", False),
-                                     ("attention", False), ("rms_norm", True), ("swiglu", True)])
+                                     ("attention", False), ("attention_bf16", False), ("rms_norm", True),
+                                     ("swiglu", True)])
 def test_the_real_kernels_pass_the_driver(builds, op, asan):
     p = run(builds.driver(asan), op)
     assert p.returncode == 0 and p.stdout.startswith("right"), p.stdout + p.stderr[-2000:]

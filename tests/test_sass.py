@@ -2,7 +2,7 @@
 
 Read with `cuobjdump -sass` / `-res-usage` (the `nvidia-cuda-cuobjdump` and `nvidia-cuda-nvdisasm` wheels of
 the dev extra) from the built module. A gate fails when a kernel loses an instruction it was designed
-around (tensor-core HMMA in the tensor-core matmul, 128-bit weight loads in the vectorised skinny matmul),
+around (tensor-core HMMA in the tensor-core matmuls and block attention, 128-bit weight loads in the vectorised skinny matmul),
 spills to local memory, or needs more registers than its occupancy target. Runs wherever the CUDA
 backend is compiled for a GPU (CI compiles it with nvcc); skipped in builds without it."""
 
@@ -32,6 +32,8 @@ GATES = [
     (r"skinny_matmul_kernel<\(td::DType\)\d>", [], 128),
     (r"attention_tile_kernel<\d+, float>", [r"\bLDG\.E\.128"], 128),          # K/V tiles, 16-byte loads
     (r"attention_tile_kernel<\d+, __nv_bfloat16>", [r"\bLDG\.E\.128"], 128),
+    # the bf16 cache on the tensor cores: S = Q K^T and P V as bf16 HMMA, K/V tiles with 16-byte loads
+    (r"attention_mma_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),
     (r"attention_merge_kernel\(", [], 64),
     (r"select_split_kernel\(", [], 128),
 ]

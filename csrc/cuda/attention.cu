@@ -13,9 +13,14 @@
 // long as it sees the same keys. A query's chunks are merged in chunk order by a second kernel when there
 // are several; with one chunk the block writes the output itself (the merge of one chunk is that division).
 //
+// A bf16 cache with head_dim a multiple of 16 (up to 128) runs attention_mma_kernel instead: the same blocks
+// and tiles with S = Q K^T and P V on the tensor cores (below).
+//
 // Same mask as AttentionParams: causal query i sees keys 0..kv_len - n_q + i. Under a graph the cache length
 // is read from device memory (AttentionParams::cached) and the grid covers the cache's capacity: chunks past
 // the keys find nothing to do, write an empty partial (sum 0), and the merge skips them.
+#include <mma.h>
+
 #include <algorithm>
 #include <cfloat>
 
@@ -301,6 +306,209 @@ __global__ void attention_merge_kernel(AttentionParams p, int chunks, const floa
   }
 }
 
+// ---- the bf16 cache on the tensor cores ----
+//
+// Same blocks, chunks, tiles (32 keys aligned to absolute positions) and partial format as the tile kernel,
+// for a bf16 cache with head_dim a multiple of 16 up to 128. Q is rounded to bf16 (the precision the
+// reference computes q in on a GPU) and staged once; per tile the raw bf16 K and V are staged with 16-byte
+// loads, S = Q K^T runs on 16 x 16 x 16 bf16 fragments into fp32, each row takes its online-softmax step in
+// fp32 (one key per lane), P is rounded to bf16 (its sum is taken over the rounded values, so numerator and
+// denominator agree), and O = O * corr + P V runs on fragments with O kept in fp32 in shared memory. Every
+// output element of a fragment product depends on its own row only, and a row's fragments, tiles and
+// chunks do not depend on n_q: the batch invariance of the tile kernel holds here too.
+constexpr int kMRows = 128;          // (query, head) rows per block: 8 fragments of 16
+constexpr int kMKeys = 32;           // keys per tile: one per lane in the softmax step
+constexpr int kMMaxDim = 128;
+
+struct MmaSmem {                     // byte offsets into the dynamic shared memory; every part 32-byte aligned
+  int ldq, ldk, lds, ldp, ldo;       // leading dimensions, in elements
+  int q, k, v, s, pr, o, ml, total;
+  __host__ __device__ explicit MmaSmem(int d) {
+    ldq = ldk = d + 8;               // bf16: 16-byte multiples, rows start in different banks
+    lds = kMKeys + 4;                // fp32 scores
+    ldp = kMKeys + 8;                // bf16 probabilities
+    ldo = d + 4;                     // fp32 output accumulators
+    q = 0;
+    k = q + kMRows * ldq * 2;
+    v = k + kMKeys * ldk * 2;
+    s = v + kMKeys * ldk * 2;
+    pr = s + kMRows * lds * 4;
+    o = pr + kMRows * ldp * 2;
+    ml = o + kMRows * ldo * 4;       // running max, sum and this tile's correction of each row
+    total = ml + 3 * kMRows * 4;
+  }
+};
+
+// grid (kv_heads * row_tiles, chunks), 256 threads, MmaSmem(head_dim).total bytes of dynamic shared memory.
+__global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams p, int row_tiles, int chunks,
+                                                                 bool vec, float* __restrict__ partial) {
+  using namespace nvcuda;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int d = p.head_dim;
+  const MmaSmem L(d);
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(smem + L.q);
+  __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem + L.k);
+  __nv_bfloat16* sv = reinterpret_cast<__nv_bfloat16*>(smem + L.v);
+  float* ss = reinterpret_cast<float*>(smem + L.s);
+  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(smem + L.pr);
+  float* so = reinterpret_cast<float*>(smem + L.o);
+  float* ms = reinterpret_cast<float*>(smem + L.ml);
+  float* ls = ms + kMRows;
+  float* cs = ls + kMRows;
+  const int group = p.heads / p.kv_heads;
+  const int g = blockIdx.x / row_tiles, rt = blockIdx.x - g * row_tiles, c = blockIdx.y;
+  const int r0 = rt * kMRows;
+  const int nrows = min(kMRows, p.n_q * group - r0);
+  const int frags = (nrows + 15) / 16;           // row fragments in use
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kv_len = p.cached != nullptr ? *p.cached + p.n_q : p.kv_len;
+  const __nv_bfloat16* kb = static_cast<const __nv_bfloat16*>(p.k) + g * p.kv_head_stride;
+  const __nv_bfloat16* vb = static_cast<const __nv_bfloat16*>(p.v) + g * p.kv_head_stride;
+
+  // Q rows (bf16, zero past the tile's rows), O = 0, max -inf, sum 0.
+  for (int i = threadIdx.x; i < frags * 16 * d; i += kThreads) {
+    const int r = i / d, e = i - r * d;
+    float x = 0.0f;
+    if (r < nrows) {
+      const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
+      x = p.q[(static_cast<int64_t>(qi) * p.heads + h) * d + e];
+    }
+    sq[r * L.ldq + e] = __float2bfloat16(x);
+    so[r * L.ldo + e] = 0.0f;
+  }
+  for (int r = threadIdx.x; r < kMRows; r += kThreads) {
+    ms[r] = -INFINITY;
+    ls[r] = 0.0f;
+  }
+  const int last_q = (r0 + nrows - 1) / group;
+  const int k_begin = c * kChunk;
+  const int k_end = min(kv_len, k_begin + kChunk);
+  const int tiles_end = p.causal ? min(k_end, kv_len - p.n_q + last_q + 1) : k_end;
+  const auto vis = [&](int r) {      // keys row r sees (0 past the tile's rows)
+    return r < nrows ? (p.causal ? kv_len - p.n_q + (r0 + r) / group + 1 : kv_len) : 0;
+  };
+  for (int t0 = k_begin; t0 < tiles_end; t0 += kMKeys) {
+    __syncthreads();                             // Q staged / the previous tile consumed
+    // K and V rows t0..t0+31 as stored (bf16), zero past kv_len.
+    if (vec) {
+      const int per = d / 8;
+      for (int i = threadIdx.x; i < kMKeys * per; i += kThreads) {
+        const int j = i / per, e = (i - j * per) * 8, key = t0 + j;
+        uint4 kr = make_uint4(0u, 0u, 0u, 0u), vr = kr;
+        if (key < kv_len) {
+          const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
+          kr = __ldg(reinterpret_cast<const uint4*>(kb + off));
+          vr = __ldg(reinterpret_cast<const uint4*>(vb + off));
+        }
+        *reinterpret_cast<uint4*>(sk + j * L.ldk + e) = kr;
+        *reinterpret_cast<uint4*>(sv + j * L.ldk + e) = vr;
+      }
+    } else {
+      for (int i = threadIdx.x; i < kMKeys * d; i += kThreads) {
+        const int j = i / d, e = i - j * d, key = t0 + j;
+        const bool in = key < kv_len;
+        const int64_t off = static_cast<int64_t>(key) * p.kv_token_stride + e;
+        sk[j * L.ldk + e] = in ? kb[off] : __float2bfloat16(0.0f);
+        sv[j * L.ldk + e] = in ? vb[off] : __float2bfloat16(0.0f);
+      }
+    }
+    __syncthreads();
+    // S = Q K^T: (row fragment, key fragment) products spread over the warps.
+    for (int task = warp; task < frags * 2; task += kWarps) {
+      const int rf = task >> 1, kf = task & 1;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kk = 0; kk < d; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;   // K rows = columns of K^T
+        wmma::load_matrix_sync(a, sq + 16 * rf * L.ldq + kk, L.ldq);
+        wmma::load_matrix_sync(b, sk + 16 * kf * L.ldk + kk, L.ldk);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(ss + 16 * rf * L.lds + 16 * kf, acc, L.lds, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // Online softmax, a row per warp at a time; rows this tile does not reach get P = 0 and corr = 1.
+    for (int r = warp; r < frags * 16; r += kWarps) {
+      const int seen = vis(r);
+      float pr = 0.0f, corr = 1.0f;
+      if (t0 < seen) {                           // warp-uniform; lane 0's key is visible
+        const bool valid = t0 + lane < seen;
+        const float x = valid ? ss[r * L.lds + lane] * p.scale : -INFINITY;
+        const float m_old = ms[r];
+        const float m_new = fmaxf(m_old, warp_max(x));
+        corr = expf(m_old - m_new);              // 0 on the row's first tile
+        pr = valid ? __bfloat162float(__float2bfloat16(expf(x - m_new))) : 0.0f;
+        const float l_new = ls[r] * corr + warp_sum(pr);
+        __syncwarp();
+        if (lane == 0) {
+          ms[r] = m_new;
+          ls[r] = l_new;
+        }
+      }
+      sp[r * L.ldp + lane] = __float2bfloat16(pr);
+      if (lane == 0) cs[r] = corr;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < frags * 16 * d; i += kThreads) {
+      const int r = i / d, e = i - r * d;
+      so[r * L.ldo + e] *= cs[r];
+    }
+    __syncthreads();
+    // O += P V: (row fragment, head-dim fragment) products.
+    const int dfrags = d / 16;
+    for (int task = warp; task < frags * dfrags; task += kWarps) {
+      const int rf = task / dfrags, df = task - rf * dfrags;
+      float* o = so + 16 * rf * L.ldo + 16 * df;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, o, L.ldo, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kMKeys; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;   // V rows are keys
+        wmma::load_matrix_sync(a, sp + 16 * rf * L.ldp + kk, L.ldp);
+        wmma::load_matrix_sync(b, sv + kk * L.ldk + 16 * df, L.ldk);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(o, acc, L.ldo, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();                               // O, max and sum complete (or initial)
+  for (int i = threadIdx.x; i < nrows * d; i += kThreads) {
+    const int r = i / d, e = i - r * d;
+    const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
+    const int64_t qh = static_cast<int64_t>(qi) * p.heads + h;
+    if (chunks == 1) {
+      p.out[qh * d + e] = so[r * L.ldo + e] / ls[r];
+    } else {
+      float* out = partial + (qh * chunks + c) * (2 + d);
+      if (e == 0) {
+        out[0] = ms[r];
+        out[1] = ls[r];
+      }
+      out[2 + e] = so[r * L.ldo + e];
+    }
+  }
+}
+
+bool mma_attention_fits(const AttentionParams& p) {
+  return p.kv_dtype == DType::BF16 && p.head_dim % 16 == 0 && p.head_dim <= kMMaxDim;
+}
+
+void launch_mma(const AttentionParams& p, int chunks, float* partial) {
+  const int rows = p.n_q * (p.heads / p.kv_heads);
+  const int row_tiles = (rows + kMRows - 1) / kMRows;
+  TD_CHECK(static_cast<int64_t>(p.kv_heads) * row_tiles <= 2147483647LL, "[attention] problem too large");
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool vec = p.kv_token_stride % 8 == 0 && p.kv_head_stride % 8 == 0 && aligned(p.k) && aligned(p.v);
+  const int bytes = MmaSmem(p.head_dim).total;
+  static const cudaError_t opt_in = cudaFuncSetAttribute(attention_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         MmaSmem(kMMaxDim).total);
+  TD_CUDA_CHECK_NAMED(opt_in, "attention");
+  attention_mma_kernel<<<dim3(static_cast<unsigned>(p.kv_heads * row_tiles), chunks), kThreads, bytes, launch_stream()>>>(
+      p, row_tiles, chunks, vec, partial);
+}
+
 template <int kPer, typename T>
 void launch_tiles(const AttentionParams& p, int chunks, float* partial) {
   const int rows = p.n_q * (p.heads / p.kv_heads);
@@ -347,6 +555,8 @@ void CudaBackend::attention(const AttentionParams& p) {
   if (p.kv_dtype == DType::F32) {
     if (wide) launch_tiles<8, float>(p, chunks, partial);
     else launch_tiles<4, float>(p, chunks, partial);
+  } else if (mma_attention_fits(p)) {
+    launch_mma(p, chunks, partial);
   } else {
     if (wide) launch_tiles<8, __nv_bfloat16>(p, chunks, partial);
     else launch_tiles<4, __nv_bfloat16>(p, chunks, partial);

@@ -135,14 +135,27 @@ int run_matmul_skinny(Backend& be) {
   return worst;
 }
 
-int run_attention(Backend& be) {
+// bf16: a bf16 cache (the tensor-core kernel), against float64 on the stored values, with a bound that
+// admits its bf16 rounding of q and of the probabilities.
+int run_attention(Backend& be, bool bf16) {
   const int n = 3, T = 2600, H = 4, G = 2, d = 32;   // two key chunks: the merge runs
-  const auto q = randn(n * H * d, 7), k = randn(T * G * d, 8), v = randn(T * G * d, 9);
+  auto q = randn(n * H * d, 7), k = randn(T * G * d, 8), v = randn(T * G * d, 9);
   Dev dq(be, q.size() * 4), dk(be, k.size() * 4), dv(be, v.size() * 4), dout(be, q.size() * 4);
   dq.put(q);
-  dk.put(k);
-  dv.put(v);
+  if (bf16) {
+    std::vector<uint16_t> k16(k.size()), v16(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = bf16_to_f32(k16[i] = f32_to_bf16(k[i]));
+      v[i] = bf16_to_f32(v16[i] = f32_to_bf16(v[i]));
+    }
+    dk.put(k16);
+    dv.put(v16);
+  } else {
+    dk.put(k);
+    dv.put(v);
+  }
   AttentionParams p;
+  p.kv_dtype = bf16 ? DType::BF16 : DType::F32;
   p.q = dq.f();
   p.k = dk.f();
   p.v = dv.f();
@@ -176,7 +189,7 @@ int run_attention(Backend& be) {
         want[(i * H + h) * d + e] = a / sum;
       }
     }
-  return verdict(dout.get_f32(), want, 1e-5);
+  return verdict(dout.get_f32(), want, bf16 ? 1e-2 : 1e-5);
 }
 
 }  // namespace
@@ -189,8 +202,9 @@ int main(int argc, char** argv) {
     if (op == "swiglu") return run_swiglu(be);
     if (op == "matmul_tc") return run_matmul_tc(be);
     if (op == "matmul_skinny") return run_matmul_skinny(be);
-    if (op == "attention") return run_attention(be);
-    std::printf("usage: driver rms_norm|swiglu|matmul_tc|matmul_skinny|attention\n");
+    if (op == "attention") return run_attention(be, false);
+    if (op == "attention_bf16") return run_attention(be, true);
+    std::printf("usage: driver rms_norm|swiglu|matmul_tc|matmul_skinny|attention|attention_bf16\n");
     return 1;
   } catch (const std::exception& e) {
     std::printf("FAULT: %s\n", e.what());
