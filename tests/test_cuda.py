@@ -391,8 +391,11 @@ def test_every_kernel_and_path_runs():
     assert len(skinny) == 5, f"skinny matmul variants: {sorted(skinny)}"   # fp32/fp16 vector, 3 dtypes scalar
     splits = {grid[1] for k, _, grid, *_ in log if k.startswith("tc_skinny_kernel")}
     assert 1 in splits and max(splits) > 1, splits                       # one k-chunk, several
-    shapes = {args for k, args, *_ in log if k.startswith("tc_skinny_kernel")}
+    shapes = {re.search(r"kMF = \d+; int kNF = \d+", args).group(0) for k, args, *_ in log
+              if k.startswith("tc_skinny_kernel")}
     assert len(shapes) == 2, shapes
+    inputs = {re.search(r"XT = ([\w:]+)", args).group(1) for k, args, *_ in log if k.startswith("tc_skinny_kernel")}
+    assert inputs == {"float", "__nv_bfloat16"}, inputs                  # fp32 x, and bf16 activations
     chunks = {grid[1] for k, _, grid, *_ in log if k.startswith("attention_tile_kernel")}
     assert 1 in chunks and max(chunks) > 1, chunks
     assert "attention_mma_kernel" in launched and "attention_tile_kernel" in launched
@@ -478,3 +481,58 @@ def test_a_long_cached_context_without_its_prefill():
             m.append_random_cache(101)
         outs.append(got)
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
+# ---- bf16 activations between ops: the same bits as the fp32 path, half the bytes ----
+
+@pytest.mark.parametrize("m", [1, 20, 40])
+def test_bf16_activations_give_the_fp32_paths_bits(m):
+    """A producer that writes bf16 (round to nearest even) and a bf16-weight product that reads it give the
+    bits of the fp32 producer and the product that rounds the fp32 x itself: RMSNorm (plain and with the
+    residual add), SwiGLU, attention over both caches, and the skinny tensor-core product (split-k too)."""
+    k, n = 4096, 48
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal(k) * 0.5 + 1).astype(np.float32)
+    wd = dev(w)
+    for resid in (False, True):
+        f32, b16 = Guarded((m, k)), Guarded((m, k), np.uint16)
+        xa, xb, yd = dev(x), dev(x), dev(y)
+        if resid:
+            _C.cuda_raw.add_rms_norm(xa.ptr, yd.ptr, wd.ptr, 0, f32.ptr, m, k, 1e-5)
+            _C.cuda_raw.rms_norm_bf16(xb.ptr, yd.ptr, wd.ptr, 0, b16.ptr, m, k, 1e-5)
+            xa_h, xb_h = np.empty_like(x), np.empty_like(x)
+            xa.download(xa_h)
+            xb.download(xb_h)
+            np.testing.assert_array_equal(xa_h, xb_h)      # the residual is updated alike
+        else:
+            _C.cuda_raw.rms_norm(xa.ptr, wd.ptr, 0, f32.ptr, m, k, 1e-5)
+            _C.cuda_raw.rms_norm_bf16(xb.ptr, 0, wd.ptr, 0, b16.ptr, m, k, 1e-5)
+        np.testing.assert_array_equal(b16.fetch(), bf16(f32.fetch()))
+    g, u = dev(x), dev(y)
+    f32, b16 = Guarded((m, k)), Guarded((m, k), np.uint16)
+    _C.cuda_raw.swiglu(g.ptr, u.ptr, f32.ptr, m * k)
+    _C.cuda_raw.swiglu(g.ptr, u.ptr, b16.ptr, m * k, bf16_out=True)
+    np.testing.assert_array_equal(b16.fetch(), bf16(f32.fetch()))
+    # the product: bf16 x against the fp32 x it was rounded from
+    W = bf16(rng.standard_normal((n, k)) * 0.02)
+    Wd = dev(W)
+    a, b = Guarded((m, n)), Guarded((m, n))
+    x32, x16, W16 = dev(x), dev(bf16(x)), dev(W.view(np.float16))
+    _C.cuda_raw.matmul(x32.ptr, m, Wd.ptr, 2, n, k, a.ptr)
+    _C.cuda_raw.matmul_bf16(x16.ptr, m, Wd.ptr, 2, n, k, b.ptr)
+    np.testing.assert_array_equal(a.fetch(), b.fetch())
+    with pytest.raises(ValueError, match="a bf16 x needs a bf16 weight"):
+        _C.cuda_raw.matmul_bf16(x16.ptr, m, W16.ptr, 1, n, k, b.ptr)
+    # attention, fp32 and bf16 caches, one and two key chunks
+    for T, cache in ((300, 0), (300, 2), (2100, 2)):
+        h, gq, d = 8, 2, 64
+        nq = min(m, 8)
+        q = rng.standard_normal((nq, h, d)).astype(np.float32)
+        kv = rng.standard_normal((T, gq, d)).astype(np.float32)
+        kvd = dev(kv if cache == 0 else bf16(kv))
+        f32, b16 = Guarded((nq, h, d)), Guarded((nq, h, d), np.uint16)
+        qd = dev(q)
+        _C.cuda_raw.attention(qd.ptr, kvd.ptr, kvd.ptr, f32.ptr, nq, T, h, gq, d, True, 0.125, cache)
+        _C.cuda_raw.attention(qd.ptr, kvd.ptr, kvd.ptr, b16.ptr, nq, T, h, gq, d, True, 0.125, cache, out_code=2)
+        np.testing.assert_array_equal(b16.fetch(), bf16(f32.fetch()), err_msg=f"attention T={T} cache={cache}")

@@ -329,3 +329,22 @@ def test_cuda_graphs_keep_the_shapes_in_use():
     assert graph.cuda_graph_count == 8
     _same_forwards(eager, graph, [([1], "causal"), ([3, 4, 5, 6], "bidirectional")])   # evicted ones come back
     assert graph.cuda_graph_count == 8
+
+
+def test_bf16_activations_change_no_bit(models):
+    """A bf16 model's forwards exchange bf16 activations where the next product rounds its input anyway:
+    logits, generations and graph replays are the bits of the same model with fp32 activations throughout."""
+    pair = [tridecode.random_model(_bf16_config(), device="cuda", dtype="bfloat16", max_context=3000, seed=6)
+            for _ in range(2)]
+    pair[1]._native.bf16_activations = False
+    assert pair[0]._native.bf16_activations
+    for ctx in (30, 2200):
+        for m in pair:
+            m.reset()
+            m.append_random_cache(ctx, seed=2)
+        _same_forwards(*pair, [([5], "causal"), ([5, 6, 7, 8], "causal"), ([9] * 16, "bidirectional"),
+                               (list(range(1, 70)), "causal")])   # 69 rows: past the skinny path, fp32 again
+        _same_generations(*pair, [5, 6, 7], max_new_tokens=8)
+    lora = [tridecode.load(GOLDEN_DIR, device="cuda") for _ in range(2)]   # fp32 weights: nothing changes
+    lora[1]._native.bf16_activations = False
+    _same_generations(*lora, PROMPTS[1], max_new_tokens=8)

@@ -28,7 +28,9 @@ GATES = [
     (r"tc_matmul_kernel\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),
     (r"skinny_matmul_vec_kernel<\(td::DType\)0>", [r"\bLDG\.E\.128"], 128),
     (r"skinny_matmul_vec_kernel<\(td::DType\)1>", [r"\bLDG\.E\.128"], 128),
-    (r"tc_skinny_kernel<\d+, \d+>\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),   # weight streaming
+    # weight streaming, x in fp32 or (bf16 activations) bf16
+    (r"tc_skinny_kernel<\d+, \d+, float>\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),
+    (r"tc_skinny_kernel<\d+, \d+, __nv_bfloat16>\(", [r"\bHMMA\.16816\.F32\.BF16\b", r"\bLDG\.E\.128"], 128),
     (r"skinny_matmul_kernel<\(td::DType\)\d>", [], 128),
     (r"attention_tile_kernel<\d+, float>", [r"\bLDG\.E\.128"], 128),          # K/V tiles, 16-byte loads
     (r"attention_tile_kernel<\d+, __nv_bfloat16>", [r"\bLDG\.E\.128"], 128),

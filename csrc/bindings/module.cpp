@@ -241,6 +241,8 @@ class PyModel {
   bool graphs() const { return model_->graphs(); }
   void set_graphs(bool on) { model_->set_graphs(on); }
   int graph_count() const { return model_->graph_count(); }
+  bool bf16_activations() const { return model_->bf16_activations(); }
+  void set_bf16_activations(bool on) { model_->set_bf16_activations(on); }
   void reset() {
     locked([&] { model_->cache().reset(); });
   }
@@ -382,6 +384,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("cache_dtype", &PyModel::cache_dtype)
       .def_property("graphs", &PyModel::graphs, &PyModel::set_graphs)
       .def_property_readonly("graph_count", &PyModel::graph_count)
+      .def_property("bf16_activations", &PyModel::bf16_activations, &PyModel::set_bf16_activations)
       .def("reset", &PyModel::reset)
       .def("crop", &PyModel::crop)
       .def("append_random_cache", &PyModel::append_random_cache, py::arg("n"), py::arg("seed") = 0);
@@ -525,7 +528,8 @@ PYBIND11_MODULE(_C, m) {
                              rope_from(rope_cfg), is_query);
   });
   cu.def("attention", [=](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int n_q, int kv_len, int heads,
-                          int kv_heads, int head_dim, bool causal, float scale, int kv_code, uintptr_t cached_ptr) {
+                          int kv_heads, int head_dim, bool causal, float scale, int kv_code, uintptr_t cached_ptr,
+                          int out_code) {
     AttentionParams p;
     p.q = fptr(q); p.k = reinterpret_cast<const void*>(k); p.v = reinterpret_cast<const void*>(v); p.out = fptr(out);
     p.kv_dtype = dtype_from_code(kv_code);
@@ -533,12 +537,23 @@ PYBIND11_MODULE(_C, m) {
     p.kv_token_stride = static_cast<int64_t>(kv_heads) * head_dim; p.kv_head_stride = head_dim;
     p.scale = scale; p.causal = causal;
     p.cached = reinterpret_cast<const int32_t*>(cached_ptr);
+    p.out_dtype = dtype_from_code(out_code);
     CudaCall().be.attention(p);
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("n_q"), py::arg("kv_len"), py::arg("heads"),
      py::arg("kv_heads"), py::arg("head_dim"), py::arg("causal"), py::arg("scale"), py::arg("kv_code") = 0,
-     py::arg("cached_ptr") = 0);
-  cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n) {
-    CudaCall().be.swiglu(fptr(g), fptr(u), n, fptr(out));
+     py::arg("cached_ptr") = 0, py::arg("out_code") = 0);
+  cu.def("swiglu", [=](uintptr_t g, uintptr_t u, uintptr_t out, int64_t n, bool bf16_out) {
+    if (bf16_out) CudaCall().be.swiglu_bf16(fptr(g), fptr(u), n, reinterpret_cast<uint16_t*>(out));
+    else CudaCall().be.swiglu(fptr(g), fptr(u), n, fptr(out));
+  }, py::arg("g"), py::arg("u"), py::arg("out"), py::arg("n"), py::arg("bf16_out") = false);
+  cu.def("rms_norm_bf16", [=](uintptr_t x, uintptr_t y, uintptr_t w, int code, uintptr_t out, int n, int dim, float eps) {
+    CudaCall().be.rms_norm_bf16(fptr(x), y ? fptr(y) : nullptr, wview(w, code, 1, dim), n, dim, eps,
+                                reinterpret_cast<uint16_t*>(out));
+  });
+  cu.def("matmul_bf16", [=](uintptr_t x, int m, uintptr_t w, int code, int64_t rows, int64_t cols, uintptr_t out) {
+    const int64_t r[1] = {rows};
+    float* const o[1] = {fptr(out)};
+    CudaCall().be.matmul_bf16(reinterpret_cast<const uint16_t*>(x), m, wview(w, code, rows, cols), 1, r, o);
   });
   cu.def("select", [=](uintptr_t logits, int n, int vocab, int exclude_id, float temperature, uint64_t seed,
                        uint64_t stream, uintptr_t idx, uintptr_t conf) {

@@ -16,6 +16,7 @@ struct AttentionParams {
   const void* v = nullptr;   // same strides as k
   DType kv_dtype = DType::F32;   // of k and v: fp32, or bf16 (a CUDA cache for 16-bit checkpoints)
   float* out = nullptr;      // [n_q, heads, head_dim], contiguous
+  DType out_dtype = DType::F32;   // BF16 (device backends): out holds bf16 values, rounded to nearest even
   int n_q = 0;
   int kv_len = 0;            // keys visible to the last query (cache length + n_q)
   // Device backends, for graphs: when set, the cache length is read from this device int when the kernel

@@ -68,6 +68,25 @@ class Backend {
       start += rows[i];
     }
   }
+  // bf16 activations between ops (device backends whose products with a bf16 weight round x to bf16 on
+  // the way in, so that a producer rounding its output instead changes no bit and halves what the consumer
+  // reads). bf16_input(w, m): whether matmul_bf16 takes an [m, w.cols] bf16 x for this weight. The _bf16
+  // ops write (or read) bf16 bit patterns, rounded to nearest even; the CPU backend has none.
+  virtual bool bf16_input(const WeightView& w, int m) const { (void)w; (void)m; return false; }
+  virtual void rms_norm_bf16(float* x, const float* y, const WeightView& w, int n, int dim, float eps,
+                             uint16_t* out) {   // y null: out = rms_norm(x) * w; else x += y first
+    (void)x; (void)y; (void)w; (void)n; (void)dim; (void)eps; (void)out;
+    throw Error(detail::concat("[rms_norm] the ", name(), " backend has no bf16 activations"));
+  }
+  virtual void swiglu_bf16(const float* gate, const float* up, int64_t n, uint16_t* out) {
+    (void)gate; (void)up; (void)n; (void)out;
+    throw Error(detail::concat("[swiglu] the ", name(), " backend has no bf16 activations"));
+  }
+  virtual void matmul_bf16(const uint16_t* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                           float* const* outs) {   // matmul_parts with a bf16 x (parts 1: a plain product)
+    (void)x; (void)m; (void)w; (void)parts; (void)rows; (void)outs;
+    throw Error(detail::concat("[matmul] the ", name(), " backend has no bf16 activations"));
+  }
   // In place RoPE on x [n, heads, head_dim] at absolute positions; is_query adds the llama-4 query scale.
   virtual void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
                     bool is_query) = 0;

@@ -1,5 +1,6 @@
 #include "core/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -39,7 +40,7 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
              uint64_t seed)
     : cfg_(std::move(cfg)), w_(std::move(weights)), backend_(backend),
       x_(backend), norm_(backend), q_(backend), k_(backend), v_(backend), attn_(backend), proj_(backend),
-      gate_(backend), up_(backend), lora_t_(backend), lora_u_(backend), step_(backend) {
+      gate_(backend), up_(backend), lora_t_(backend), lora_u_(backend), act16_(backend), step_(backend) {
   cfg_.validate();
   validate_weights(cfg_, w_, !random_init);
   const ModelConfig& c = cfg_;
@@ -83,6 +84,7 @@ void Model::reserve(int rows) {
     lora_u_.as<float>(n * c.hidden);
   }
   if (!backend_.is_device()) return;
+  act16_.reserve(n * static_cast<size_t>(std::max<int64_t>({c.hidden, c.q_dim(), c.intermediate})) * 2);
   step_.reserve(12 * n + 8);
   ForwardPlan plan;
   plan.rows = rows;
@@ -152,7 +154,7 @@ int64_t Model::backend_bytes() const {
   int64_t total = cache_.bytes();
   for (const Buffer& b : owned_) total += static_cast<int64_t>(b.capacity());
   for (const Buffer& b : lora_owned_) total += static_cast<int64_t>(b.capacity());
-  for (const Buffer* b : {&x_, &norm_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &lora_t_, &lora_u_, &step_})
+  for (const Buffer* b : {&x_, &norm_, &q_, &k_, &v_, &attn_, &proj_, &gate_, &up_, &lora_t_, &lora_u_, &act16_, &step_})
     total += static_cast<int64_t>(b->capacity());
   return total;
 }
@@ -327,13 +329,30 @@ void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached
   float* up = up_.as<float>(n * I);
   float* lora_t = use_lora ? lora_t_.as<float>(static_cast<size_t>(n) * w_.lora_rank) : nullptr;
   float* lora_u = use_lora ? lora_u_.as<float>(n * H) : nullptr;
+  // bf16 activations where every consumer takes them (its product rounds x to bf16 anyway: the same bits,
+  // half the bytes read): the norm before q/k/v and gate/up, attention before o_proj (and the drafter's A),
+  // SwiGLU before down_proj. One buffer serves them in turn.
+  const auto takes = [&](const WeightView& w) { return bf16_activations_ && w.data != nullptr && backend_.bf16_input(w, n); };
+  uint16_t* act16 = bf16_activations_ && backend_.is_device() && n <= kReservedRows   // the skinny products
+                        ? static_cast<uint16_t*>(act16_.reserve(static_cast<size_t>(n) * std::max({H, QD, I}) * 2))
+                        : nullptr;
+  const auto qkv16 = [&](const LayerWeights& L) { return act16 != nullptr && takes(L.qkv); };
+  const auto norm_into = [&](float* xr, const float* y, const WeightView& w, bool bf16) {
+    if (bf16) backend_.rms_norm_bf16(xr, y, w, n, static_cast<int>(H), c.rms_eps, act16);
+    else if (y == nullptr) backend_.rms_norm(xr, w, n, static_cast<int>(H), c.rms_eps, norm);
+    else backend_.add_rms_norm(xr, y, w, n, static_cast<int>(H), c.rms_eps, norm);
+  };
 
   backend_.embed(w_.embed, ids, n, x);
-  backend_.rms_norm(x, w_.layers[0].in_norm, n, H, c.rms_eps, norm);
+  norm_into(x, nullptr, w_.layers[0].in_norm, qkv16(w_.layers[0]));
   for (int li = 0; li < c.layers; ++li) {
     const LayerWeights& L = w_.layers[li];
-    // norm = input_layernorm(x) here.
-    if (L.qkv.data != nullptr) {
+    // norm (or act16) = input_layernorm(x) here.
+    if (qkv16(L)) {
+      const int64_t rows[3] = {L.q.rows, L.k.rows, L.v.rows};
+      float* const outs[3] = {q, k, v};
+      backend_.matmul_bf16(act16, n, L.qkv, 3, rows, outs);
+    } else if (L.qkv.data != nullptr) {
       const int64_t rows[3] = {L.q.rows, L.k.rows, L.v.rows};
       float* const outs[3] = {q, k, v};
       backend_.matmul_parts(norm, n, L.qkv, 3, rows, outs);
@@ -355,16 +374,32 @@ void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached
     p.kv_token_stride = cache_.token_stride(); p.kv_head_stride = cache_.head_stride();
     p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     p.causal = mode == AttnMode::Causal;
+    const bool o16 = act16 != nullptr && takes(L.o) && (!use_lora || takes(L.lora_a));
+    if (o16) {
+      p.out = reinterpret_cast<float*>(act16);
+      p.out_dtype = DType::BF16;
+    }
     backend_.attention(p);
 
-    backend_.matmul(attn, n, L.o, proj);
+    const int64_t o_rows[1] = {L.o.rows};
+    float* const o_outs[1] = {proj};
+    if (o16) backend_.matmul_bf16(act16, n, L.o, 1, o_rows, o_outs);
+    else backend_.matmul(attn, n, L.o, proj);
     if (use_lora) {
-      backend_.matmul(attn, n, L.lora_a, lora_t);
+      const int64_t a_rows[1] = {L.lora_a.rows};
+      float* const a_outs[1] = {lora_t};
+      if (o16) backend_.matmul_bf16(act16, n, L.lora_a, 1, a_rows, a_outs);
+      else backend_.matmul(attn, n, L.lora_a, lora_t);
       backend_.matmul(lora_t, n, L.lora_b, lora_u);
       backend_.axpy(proj, lora_u, w_.lora_scale, n * H);
     }
-    backend_.add_rms_norm(x, proj, L.post_norm, n, H, c.rms_eps, norm);   // residual, then post-attn norm
-    if (L.gate_up.data != nullptr) {
+    const bool up16 = act16 != nullptr && takes(L.gate_up);
+    norm_into(x, proj, L.post_norm, up16);   // residual, then post-attn norm
+    if (up16) {
+      const int64_t rows[2] = {L.gate.rows, L.up.rows};
+      float* const outs[2] = {gate, up};
+      backend_.matmul_bf16(act16, n, L.gate_up, 2, rows, outs);
+    } else if (L.gate_up.data != nullptr) {
       const int64_t rows[2] = {L.gate.rows, L.up.rows};
       float* const outs[2] = {gate, up};
       backend_.matmul_parts(norm, n, L.gate_up, 2, rows, outs);
@@ -372,11 +407,18 @@ void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached
       backend_.matmul(norm, n, L.gate, gate);
       backend_.matmul(norm, n, L.up, up);
     }
-    backend_.swiglu(gate, up, n * I, gate);
-    backend_.matmul(gate, n, L.down, proj);
-    // Residual, then the next layer's input norm (or the final norm).
-    const WeightView& next = li + 1 < c.layers ? w_.layers[li + 1].in_norm : w_.final_norm;
-    backend_.add_rms_norm(x, proj, next, n, H, c.rms_eps, norm);
+    if (act16 != nullptr && takes(L.down)) {
+      backend_.swiglu_bf16(gate, up, n * I, act16);
+      const int64_t d_rows[1] = {L.down.rows};
+      float* const d_outs[1] = {proj};
+      backend_.matmul_bf16(act16, n, L.down, 1, d_rows, d_outs);
+    } else {
+      backend_.swiglu(gate, up, n * I, gate);
+      backend_.matmul(gate, n, L.down, proj);
+    }
+    // Residual, then the next layer's input norm (or the final norm: the LM head reads fp32).
+    const bool last = li + 1 == c.layers;
+    norm_into(x, proj, last ? w_.final_norm : w_.layers[li + 1].in_norm, !last && qkv16(w_.layers[li + 1]));
   }
 }
 

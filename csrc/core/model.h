@@ -83,6 +83,12 @@ class Model {
   int graph_count() const;    // graphs recorded and usable now
   static constexpr int kMaxGraphs = 8;   // per model; the least recently used shape makes room
 
+  // bf16 activations between the ops whose consumers round their input to bf16 anyway (device backends
+  // with bf16 weights): on by default; results are the same bits either way (tested), only the bytes moved
+  // differ. A diagnostic switch.
+  void set_bf16_activations(bool on) { bf16_activations_ = on; drop_graphs(); }
+  bool bf16_activations() const { return bf16_activations_; }
+
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -126,7 +132,10 @@ class Model {
   // Scratch, grown on demand: [n, hidden] x3, [n, q_dim] x2, [n, kv_dim] x2, [n, intermediate] x2, LoRA.
   // step_ (device backends): the chunk's positions [n] int64, the cache length (int32, then 4 bytes of
   // padding) and the token ids [n] int32, uploaded in one copy.
-  Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, step_;
+  // act16_ (device backends): a bf16 activation [n, max(hidden, q_dim, intermediate)], used by one op pair
+  // at a time.
+  Buffer x_, norm_, q_, k_, v_, attn_, proj_, gate_, up_, lora_t_, lora_u_, act16_, step_;
+  bool bf16_activations_ = true;
   bool use_graphs_ = true;
   std::vector<LayerGraph> graphs_;   // at most kMaxGraphs; the least recently used shape is replaced
   uint64_t graph_clock_ = 0;

@@ -12,6 +12,7 @@ namespace td::cpu {
 void CpuBackend::attention(const AttentionParams& p) {
   TD_CHECK(p.n_q > 0 && p.kv_len >= p.n_q, "[attention] kv_len (", p.kv_len, ") must be >= n_q (", p.n_q, ") > 0");
   TD_CHECK(p.cached == nullptr, "[attention] the CPU backend takes the cache length as kv_len, not from memory");
+  TD_CHECK(p.out_dtype == DType::F32, "[attention] the CPU backend writes fp32 outputs");
   TD_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0, "[attention] heads (", p.heads,
            ") must be a multiple of kv_heads (", p.kv_heads, ")");
   TD_CHECK(p.kv_dtype == DType::F32, "[attention] the CPU backend keeps an fp32 KV cache, got ",

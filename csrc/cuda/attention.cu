@@ -242,11 +242,10 @@ __global__ void __launch_bounds__(kThreads) attention_tile_kernel(AttentionParam
     const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
     const int64_t qh = static_cast<int64_t>(qi) * p.heads + h;
     if (chunks == 1) {
-      float* out = p.out + qh * d;
 #pragma unroll
       for (int t = 0; t < kPer; ++t) {
         const int e = lane + 32 * t;
-        if (e < d) out[e] = acc[i][t] / ls[r];
+        if (e < d) store_act(p.out, p.out_dtype == DType::BF16, qh * d + e, acc[i][t] / ls[r]);
       }
     } else {
       float* out = partial + (qh * chunks + c) * (2 + d);
@@ -291,7 +290,8 @@ __global__ void attention_merge_kernel(AttentionParams p, int chunks, const floa
     if (lane == 0) total = L;
   }
   __syncthreads();
-  float* out = p.out + static_cast<int64_t>(qh) * d;
+  const int64_t o0 = static_cast<int64_t>(qh) * d;
+  const bool bf16_out = p.out_dtype == DType::BF16;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float a = 0.0f;
     bool first = true;
@@ -302,7 +302,7 @@ __global__ void attention_merge_kernel(AttentionParams p, int chunks, const floa
         first = false;
       }
     }
-    out[e] = a / total;
+    store_act(p.out, bf16_out, o0 + e, a / total);
   }
 }
 
@@ -479,7 +479,7 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttentionParams
     const int row = r0 + r, qi = row / group, h = g * group + (row - qi * group);
     const int64_t qh = static_cast<int64_t>(qi) * p.heads + h;
     if (chunks == 1) {
-      p.out[qh * d + e] = so[r * L.ldo + e] / ls[r];
+      store_act(p.out, p.out_dtype == DType::BF16, qh * d + e, so[r * L.ldo + e] / ls[r]);
     } else {
       float* out = partial + (qh * chunks + c) * (2 + d);
       if (e == 0) {
@@ -541,6 +541,8 @@ void CudaBackend::attention(const AttentionParams& p) {
            ") must be a multiple of kv_heads (", p.kv_heads, ")");
   TD_CHECK(p.head_dim > 0 && p.head_dim <= kMaxDim, "[attention] head_dim ", p.head_dim,
            " is not supported on CUDA (at most ", kMaxDim, ")");
+  TD_CHECK(p.out_dtype == DType::F32 || p.out_dtype == DType::BF16, "[attention] output dtype ",
+           dtype_name(p.out_dtype), " is not supported on CUDA");
   TD_CHECK(p.kv_dtype == DType::F32 || p.kv_dtype == DType::BF16, "[attention] KV cache dtype ",
            dtype_name(p.kv_dtype), " is not supported on CUDA");
   const int64_t pairs = static_cast<int64_t>(p.n_q) * p.heads;

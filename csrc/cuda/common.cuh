@@ -47,6 +47,12 @@ struct MatmulOutputs {
   }
 };
 
+// An activation store: fp32, or bf16 rounded to nearest even (bf16 activations between ops).
+__device__ __forceinline__ void store_act(void* out, bool bf16, int64_t i, float v) {
+  if (bf16) static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16(v);
+  else static_cast<float*>(out)[i] = v;
+}
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 

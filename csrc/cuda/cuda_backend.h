@@ -50,6 +50,12 @@ class CudaBackend final : public Backend {
                       DType cache_dtype, int64_t row0, int64_t head_stride,
                       const int32_t* row0_device = nullptr) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  bool bf16_input(const WeightView& w, int m) const override;
+  void rms_norm_bf16(float* x, const float* y, const WeightView& w, int n, int dim, float eps,
+                     uint16_t* out) override;
+  void swiglu_bf16(const float* gate, const float* up, int64_t n, uint16_t* out) override;
+  void matmul_bf16(const uint16_t* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                   float* const* outs) override;
   void add(float* x, const float* y, int64_t n) override;
   void axpy(float* x, const float* y, float a, int64_t n) override;
   void head_select(const float* x, int n, const WeightView& head, const SelectParams& sp, int32_t* idx,

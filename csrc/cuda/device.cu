@@ -56,7 +56,7 @@ Backend& backend() {
 // Scratch sizes of the ops (attention.cu, matmul_tc.cu, select.cu).
 size_t attention_scratch_bytes(int n_q, int heads, int head_dim, int kv_len);
 void tensor_core_skinny_scratch(int m, const WeightView& w, int sm_count, size_t* partial_bytes, size_t* tickets);
-bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w);
+bool tensor_core_skinny_fits(const void* x, int m, const WeightView& w);
 size_t select_scratch_bytes(int n);
 
 void CudaBackend::reserve_forward(const ForwardPlan& plan) {
@@ -68,7 +68,7 @@ void CudaBackend::reserve_forward(const ForwardPlan& plan) {
   const int skinny = std::min(rows, 64);   // the skinny tensor-core path (bf16 weights, up to 64 rows)
   for (const WeightView& w : plan.weights) {
     // Activations are device allocations, aligned as the weights are: the weight stands in for x here.
-    if (!tensor_core_skinny_fits(static_cast<const float*>(w.data), skinny, w)) continue;
+    if (!tensor_core_skinny_fits(w.data, skinny, w)) continue;
     size_t p = 0, t = 0;
     tensor_core_skinny_scratch(skinny, w, sm_count_, &p, &t);
     splitk = std::max(splitk, p);

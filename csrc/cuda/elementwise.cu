@@ -36,9 +36,9 @@ constexpr int kNormPer = 32;   // row elements a thread keeps in registers betwe
 // out = rms_norm(x) * w, one block per row; with y, x += y first (the residual add, fused). The row is read
 // once: the first kNormPer * kThreads elements stay in registers for the second pass.
 __global__ void rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const void* __restrict__ w,
-                                DType wt, int dim, float eps, float* __restrict__ out) {
+                                DType wt, int dim, float eps, void* __restrict__ out, bool bf16_out) {
   float* xr = x + static_cast<int64_t>(blockIdx.x) * dim;
-  float* orow = out + static_cast<int64_t>(blockIdx.x) * dim;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * dim;
   const auto load = [&](int j) {
     float v = xr[j];
     if (y != nullptr) {
@@ -63,9 +63,10 @@ __global__ void rms_norm_kernel(float* __restrict__ x, const float* __restrict__
 #pragma unroll
   for (int t = 0; t < kNormPer; ++t) {
     const int j = threadIdx.x + t * kThreads;
-    if (j < dim) orow[j] = load_f32(w, wt, j) * (kept[t] * r);
+    if (j < dim) store_act(out, bf16_out, o0 + j, load_f32(w, wt, j) * (kept[t] * r));
   }
-  for (int j = threadIdx.x + kNormPer * kThreads; j < dim; j += kThreads) orow[j] = load_f32(w, wt, j) * (xr[j] * r);
+  for (int j = threadIdx.x + kNormPer * kThreads; j < dim; j += kThreads)
+    store_act(out, bf16_out, o0 + j, load_f32(w, wt, j) * (xr[j] * r));
 }
 
 // positions[i] as fp32, read once per block.
@@ -146,11 +147,12 @@ __global__ void rope_kv_append_kernel(float* __restrict__ q, const float* __rest
   store_kv(cache_v, cache_dtype, dst + j + a.half, vr[j + a.half]);
 }
 
-__global__ void swiglu_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t n, float* out) {
+__global__ void swiglu_kernel(const float* __restrict__ g, const float* __restrict__ u, int64_t n, void* out,
+                              bool bf16_out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) {
     const float x = g[i];
-    out[i] = x / (1.0f + expf(-x)) * u[i];
+    store_act(out, bf16_out, i, x / (1.0f + expf(-x)) * u[i]);
   }
 }
 
@@ -186,7 +188,7 @@ void CudaBackend::embed(const WeightView& table, const int32_t* ids, int n, floa
 
 void CudaBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
   if (n == 0) return;
-  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(const_cast<float*>(x), nullptr, w.data, w.dtype, dim, eps, out);
+  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(const_cast<float*>(x), nullptr, w.data, w.dtype, dim, eps, out, false);
   TD_CUDA_LAUNCH_CHECK("rms_norm");
 }
 
@@ -228,12 +230,24 @@ void CudaBackend::rope_kv_append(float* q, float* k, const float* v, int n, int 
 
 void CudaBackend::add_rms_norm(float* x, const float* y, const WeightView& w, int n, int dim, float eps, float* out) {
   if (n == 0) return;
-  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(x, y, w.data, w.dtype, dim, eps, out);
+  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(x, y, w.data, w.dtype, dim, eps, out, false);
   TD_CUDA_LAUNCH_CHECK("add_rms_norm");
 }
 
+void CudaBackend::rms_norm_bf16(float* x, const float* y, const WeightView& w, int n, int dim, float eps,
+                                uint16_t* out) {
+  if (n == 0) return;
+  rms_norm_kernel<<<n, kThreads, 0, launch_stream()>>>(x, y, w.data, w.dtype, dim, eps, out, true);
+  TD_CUDA_LAUNCH_CHECK("rms_norm");
+}
+
 void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
-  swiglu_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(gate, up, n, out);
+  swiglu_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(gate, up, n, out, false);
+  TD_CUDA_LAUNCH_CHECK("swiglu");
+}
+
+void CudaBackend::swiglu_bf16(const float* gate, const float* up, int64_t n, uint16_t* out) {
+  swiglu_kernel<<<blocks_for(n, kThreads), kThreads, 0, launch_stream()>>>(gate, up, n, out, true);
   TD_CUDA_LAUNCH_CHECK("swiglu");
 }
 

@@ -16,9 +16,9 @@ namespace td::cuda {
 
 // matmul_tc.cu
 void tensor_core_matmul(const float* x, int m, const WeightView& w, float* out);
-bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w);
-void tensor_core_skinny(const float* x, int m, const WeightView& w, const MatmulOutputs& outs, int sm_count,
-                        Buffer& partials, Tickets& tickets);
+bool tensor_core_skinny_fits(const void* x, int m, const WeightView& w);
+void tensor_core_skinny(const void* x, bool x_bf16, int m, const WeightView& w, const MatmulOutputs& outs,
+                        int sm_count, Buffer& partials, Tickets& tickets);
 
 namespace {
 
@@ -179,7 +179,7 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
     outs.ptr[0] = out;
     outs.end[0] = w.rows;
     outs.count = 1;
-    tensor_core_skinny(x, m, w, outs, sm_count_, scratch_splitk_, splitk_tickets_);
+    tensor_core_skinny(x, false, m, w, outs, sm_count_, scratch_splitk_, splitk_tickets_);
     return;
   }
   switch (w.dtype) {
@@ -205,10 +205,32 @@ void CudaBackend::matmul_parts(const float* x, int m, const WeightView& w, int p
     }
     o.count = parts;
     TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
-    tensor_core_skinny(x, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
+    tensor_core_skinny(x, false, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
     return;
   }
   Backend::matmul_parts(x, m, w, parts, rows, outs);
+}
+
+bool CudaBackend::bf16_input(const WeightView& w, int m) const {
+  return m > 0 && tensor_core_skinny_fits(w.data, m, w);   // x: a backend buffer, aligned as w is
+}
+
+// A bf16 x goes to the skinny tensor-core path only, where an fp32 x would be rounded to these very values.
+void CudaBackend::matmul_bf16(const uint16_t* x, int m, const WeightView& w, int parts, const int64_t* rows,
+                              float* const* outs) {
+  TD_CHECK(m > 0 && tensor_core_skinny_fits(x, m, w), "[matmul] a bf16 x needs a bf16 weight, at most 64 rows and ",
+           "16-byte aligned rows (got ", dtype_name(w.dtype), " weights, ", m, " rows)");
+  TD_CHECK(parts >= 1 && parts <= MatmulOutputs::kMax, "[matmul] ", parts, " output parts (1 to ",
+           MatmulOutputs::kMax, ")");
+  MatmulOutputs o;
+  int64_t end = 0;
+  for (int i = 0; i < parts; ++i) {
+    o.ptr[i] = outs[i];
+    o.end[i] = end += rows[i];
+  }
+  o.count = parts;
+  TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
+  tensor_core_skinny(x, true, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
 }
 
 }  // namespace td::cuda

@@ -135,8 +135,9 @@ struct Skinny {
 // min(k, (c + 1) * k_chunk)). With one chunk the block writes its outputs; with several it writes partial
 // [chunks, m, n], and the last block of its column block to finish (a ticket per column block, reset after
 // use) sums the chunks in chunk order and writes the outputs, so a split product costs one launch.
-template <int kMF, int kNF>
-__global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __restrict__ x, int m, int64_t k,
+// x is fp32 (rounded to bf16 as it is staged) or bf16 already (copied as it is: the same bits).
+template <int kMF, int kNF, typename XT>
+__global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const XT* __restrict__ x, int m, int64_t k,
                                                               const __nv_bfloat16* __restrict__ w, int64_t n,
                                                               int64_t k_chunk, MatmulOutputs outs,
                                                               float* __restrict__ partial, int* __restrict__ tickets) {
@@ -160,16 +161,25 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
 
   for (int64_t kb = k0; kb < k1; kb += kSK) {
     __syncthreads();                              // the previous step's tiles are consumed
-    // x rows 0..16 * mt - 1 of this step, fp32 -> bf16; zero past m and past the chunk.
-    for (int t = threadIdx.x; t < mt * 16 * (kSK / 4); t += kSThreads) {
-      const int r = t / (kSK / 4), c = (t - r * (kSK / 4)) * 4;
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < m && kb + c < k1) v = __ldg(reinterpret_cast<const float4*>(x + r * k + kb + c));
-      __nv_bfloat16* d = xs + r * kLd + c;
-      d[0] = __float2bfloat16(v.x);
-      d[1] = __float2bfloat16(v.y);
-      d[2] = __float2bfloat16(v.z);
-      d[3] = __float2bfloat16(v.w);
+    // x rows 0..16 * mt - 1 of this step as bf16; zero past m and past the chunk.
+    if constexpr (sizeof(XT) == 4) {
+      for (int t = threadIdx.x; t < mt * 16 * (kSK / 4); t += kSThreads) {
+        const int r = t / (kSK / 4), c = (t - r * (kSK / 4)) * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < m && kb + c < k1) v = __ldg(reinterpret_cast<const float4*>(x + r * k + kb + c));
+        __nv_bfloat16* d = xs + r * kLd + c;
+        d[0] = __float2bfloat16(v.x);
+        d[1] = __float2bfloat16(v.y);
+        d[2] = __float2bfloat16(v.z);
+        d[3] = __float2bfloat16(v.w);
+      }
+    } else {
+      for (int t = threadIdx.x; t < mt * 16 * (kSK / 8); t += kSThreads) {
+        const int r = t / (kSK / 8), c = (t - r * (kSK / 8)) * 8;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (r < m && kb + c < k1) v = __ldg(reinterpret_cast<const uint4*>(x + r * k + kb + c));
+        *reinterpret_cast<uint4*>(xs + r * kLd + c) = v;
+      }
     }
     // This warp's W tile: 8 lanes per row, one 16-byte load each, 4 rows per pass.
 #pragma unroll
@@ -241,7 +251,7 @@ __global__ void __launch_bounds__(kSThreads) tc_skinny_kernel(const float* __res
 
 }  // namespace
 
-bool tensor_core_skinny_fits(const float* x, int m, const WeightView& w) {
+bool tensor_core_skinny_fits(const void* x, int m, const WeightView& w) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   return w.dtype == DType::BF16 && m <= kSMaxM && w.cols % 8 == 0 && aligned(w.data) && aligned(x);
 }
@@ -260,14 +270,14 @@ int64_t skinny_blocks(int m, int64_t n) {
   return (n + rows - 1) / rows;
 }
 
-template <int kMF, int kNF>
-void launch_skinny(dim3 grid, const float* x, int m, int64_t k, const void* w, int64_t n, int64_t k_chunk,
+template <int kMF, int kNF, typename XT>
+void launch_skinny(dim3 grid, const void* x, int m, int64_t k, const void* w, int64_t n, int64_t k_chunk,
                    const MatmulOutputs& outs, float* partial, int* ticket) {
   using S = Skinny<kMF, kNF>;
   static const cudaError_t opt_in = cudaFuncSetAttribute(
-      tc_skinny_kernel<kMF, kNF>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
+      tc_skinny_kernel<kMF, kNF, XT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
   TD_CUDA_CHECK_NAMED(opt_in, "matmul");
-  tc_skinny_kernel<kMF, kNF><<<grid, kSThreads, S::kSmem, launch_stream()>>>(x, m, k, static_cast<const __nv_bfloat16*>(w), n,
+  tc_skinny_kernel<kMF, kNF, XT><<<grid, kSThreads, S::kSmem, launch_stream()>>>(static_cast<const XT*>(x), m, k, static_cast<const __nv_bfloat16*>(w), n,
                                                             k_chunk, outs, partial, ticket);
 }
 }  // namespace
@@ -281,8 +291,8 @@ void tensor_core_skinny_scratch(int m, const WeightView& w, int sm_count, size_t
   *tickets = chunks > 1 ? most_blocks : 0;
 }
 
-void tensor_core_skinny(const float* x, int m, const WeightView& w, const MatmulOutputs& outs, int sm_count,
-                        Buffer& partials, Tickets& tickets) {
+void tensor_core_skinny(const void* x, bool x_bf16, int m, const WeightView& w, const MatmulOutputs& outs,
+                        int sm_count, Buffer& partials, Tickets& tickets) {
   TD_CHECK(tensor_core_skinny_fits(x, m, w), "[matmul] the skinny tensor-core path takes bf16 weights, at most ",
            kSMaxM, " rows and 16-byte aligned rows");
   const int64_t n = w.rows, k = w.cols;
@@ -295,10 +305,14 @@ void tensor_core_skinny(const float* x, int m, const WeightView& w, const Matmul
   float* partial = chunks > 1 ? partials.as<float>(static_cast<size_t>(chunks) * m * n) : nullptr;
   int* ticket = chunks > 1 ? tickets.get(static_cast<size_t>(blocks)) : nullptr;
   const dim3 grid(static_cast<unsigned>(blocks), chunks);
-  if (m <= Skinny<2, 4>::kM)
-    launch_skinny<2, 4>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
-  else
-    launch_skinny<4, 2>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+  const bool small = m <= Skinny<2, 4>::kM;
+  if (x_bf16) {
+    if (small) launch_skinny<2, 4, __nv_bfloat16>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+    else launch_skinny<4, 2, __nv_bfloat16>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+  } else {
+    if (small) launch_skinny<2, 4, float>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+    else launch_skinny<4, 2, float>(grid, x, m, k, w.data, n, k_chunk, outs, partial, ticket);
+  }
   TD_CUDA_LAUNCH_CHECK("matmul");
 }
 
