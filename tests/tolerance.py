@@ -87,8 +87,13 @@ class naive32:
         return out
 
     @staticmethod
-    def attention(q, k, v, causal=True, scale=None):
+    def attention(q, k, v, causal=True, scale=None, bf16=False):
+        """bf16: as a tensor-core kernel computes it, q and the unnormalised probabilities rounded to bf16
+        (k and v are bf16 already), products accumulated in fp32, the sum taken over the rounded values."""
+        from checkpoints import round_to
         q, k, v = (np.asarray(a, F) for a in (q, k, v))
+        if bf16:
+            q = round_to(q, "BF16")
         n, H, d = q.shape
         T, G, _ = k.shape
         scale = F(1.0 / np.sqrt(d)) if scale is None else F(scale)
@@ -97,25 +102,16 @@ class naive32:
         keep = np.arange(T)[None, :] <= (np.arange(n)[:, None] + T - n) if causal else np.ones((n, T), bool)
         s = np.where(keep[None], s, F(-np.inf))
         p = np.exp(s - s.max(axis=-1, keepdims=True))
+        if bf16:
+            p = round_to(p, "BF16")
+            out = np.einsum("hnt,thd->nhd", p, vh).astype(F)
+            return (out / np.transpose(p.sum(axis=-1, dtype=F), (1, 0))[:, :, None]).astype(F)
         p = p / p.sum(axis=-1, keepdims=True, dtype=F)
         return np.einsum("hnt,thd->nhd", p.astype(F), vh).astype(F)
 
     @staticmethod
     def attention_bf16(q, k, v, causal=True, scale=None):
-        """Attention as a tensor-core kernel computes it: q and the unnormalised probabilities rounded to bf16
-        (k and v are bf16 already), products accumulated in fp32, the sum taken over the rounded values."""
-        from checkpoints import round_to
-        q, k, v = round_to(q, "BF16"), np.asarray(k, F), np.asarray(v, F)
-        n, H, d = q.shape
-        T, G, _ = k.shape
-        scale = F(1.0 / np.sqrt(d)) if scale is None else F(scale)
-        kh, vh = np.repeat(k, H // G, axis=1), np.repeat(v, H // G, axis=1)
-        s = np.einsum("nhd,thd->hnt", q, kh).astype(F) * scale
-        keep = np.arange(T)[None, :] <= (np.arange(n)[:, None] + T - n) if causal else np.ones((n, T), bool)
-        s = np.where(keep[None], s, F(-np.inf))
-        p = round_to(np.exp(s - s.max(axis=-1, keepdims=True)), "BF16")
-        out = np.einsum("hnt,thd->nhd", p, vh).astype(F)
-        return (out / np.transpose(p.sum(axis=-1, dtype=F), (1, 0))[:, :, None]).astype(F)
+        return naive32.attention(q, k, v, causal, scale, bf16=True)
 
     @staticmethod
     def swiglu(g, u):

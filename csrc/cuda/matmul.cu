@@ -192,20 +192,30 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
 
 // Stacked projections (q/k/v, gate/up): one tensor-core launch writes every part; other paths run a product
 // per part on views into the stacked weight.
+namespace {
+// The parts of a stacked product as one tensor-core launch's outputs (checked to cover the weight's rows).
+MatmulOutputs part_outputs(const WeightView& w, int parts, const int64_t* rows, float* const* outs) {
+  TD_CHECK(parts >= 1 && parts <= MatmulOutputs::kMax, "[matmul] ", parts, " output parts (1 to ",
+           MatmulOutputs::kMax, ")");
+  MatmulOutputs o;
+  int64_t end = 0;
+  for (int i = 0; i < parts; ++i) {
+    o.ptr[i] = outs[i];
+    o.end[i] = end += rows[i];
+  }
+  o.count = parts;
+  TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
+  return o;
+}
+}  // namespace
+
 void CudaBackend::matmul_parts(const float* x, int m, const WeightView& w, int parts, const int64_t* rows,
                                float* const* outs) {
   TD_CHECK(parts >= 1 && parts <= MatmulOutputs::kMax, "[matmul] ", parts, " output parts (1 to ",
            MatmulOutputs::kMax, ")");
   if (m > 0 && tensor_core_skinny_fits(x, m, w)) {
-    MatmulOutputs o;
-    int64_t end = 0;
-    for (int i = 0; i < parts; ++i) {
-      o.ptr[i] = outs[i];
-      o.end[i] = end += rows[i];
-    }
-    o.count = parts;
-    TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
-    tensor_core_skinny(x, false, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
+    tensor_core_skinny(x, false, m, w, part_outputs(w, parts, rows, outs), sm_count_, scratch_splitk_,
+                       splitk_tickets_);
     return;
   }
   Backend::matmul_parts(x, m, w, parts, rows, outs);
@@ -220,17 +230,8 @@ void CudaBackend::matmul_bf16(const uint16_t* x, int m, const WeightView& w, int
                               float* const* outs) {
   TD_CHECK(m > 0 && tensor_core_skinny_fits(x, m, w), "[matmul] a bf16 x needs a bf16 weight, at most 64 rows and ",
            "16-byte aligned rows (got ", dtype_name(w.dtype), " weights, ", m, " rows)");
-  TD_CHECK(parts >= 1 && parts <= MatmulOutputs::kMax, "[matmul] ", parts, " output parts (1 to ",
-           MatmulOutputs::kMax, ")");
-  MatmulOutputs o;
-  int64_t end = 0;
-  for (int i = 0; i < parts; ++i) {
-    o.ptr[i] = outs[i];
-    o.end[i] = end += rows[i];
-  }
-  o.count = parts;
-  TD_CHECK(end == w.rows, "[matmul] the output parts (", end, " rows) do not cover the weight's ", w.rows);
-  tensor_core_skinny(x, true, m, w, o, sm_count_, scratch_splitk_, splitk_tickets_);
+  tensor_core_skinny(x, true, m, w, part_outputs(w, parts, rows, outs), sm_count_, scratch_splitk_,
+                     splitk_tickets_);
 }
 
 }  // namespace td::cuda
