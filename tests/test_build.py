@@ -34,7 +34,8 @@ def test_cudart_is_not_a_dynamic_dependency():
 
 
 def test_cpu_kernels_were_selected():
-    assert _C.cpu_isa() in ("generic", "avx2", "avx512")
+    assert _C.cpu_isa() in ("generic", "avx2", "avx512", "avx512_vnni", "avx512_bf16")
+    assert _C.cpu_paths()["kernels"] == _C.cpu_isa() == _C.cpu_kernel_sets()[-1]
     assert tridecode.num_threads() >= 1
 
 

@@ -41,10 +41,12 @@ def test_cuda_model_reports_device_memory(models):
 
 def _chunks_against_reference(directory, cpu, gpu):
     """A 70-token causal prefill, a bidirectional block over it and a causal chunk after it. Both backends
-    follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs where the CUDA backend
-    multiplies bf16 weights (on the tensor cores) and bf16 K/V where its cache is bf16."""
+    follow the rule; the baseline is a naive fp32 forward, with bf16 matmul inputs where a backend multiplies
+    bf16 weights by bf16 activations (CUDA's tensor cores, the CPU's default compute) and bf16 K/V where the
+    cache is bf16."""
     truth = ReferenceModel(directory)
-    naive = {"cpu": ReferenceModel(directory, naive=True),
+    rounds = 0 if cpu.compute_dtype == "auto" else None   # the CPU rounds bf16 products' inputs too, by default
+    naive = {"cpu": ReferenceModel(directory, naive=True, bf16_inputs_over=rounds),
              "cuda": ReferenceModel(directory, naive=True, bf16_inputs_over=0,
                                     bf16_cache=gpu.kv_cache_dtype == "bfloat16")}
     for m in (truth, cpu, gpu, *naive.values()):

@@ -28,6 +28,8 @@ DType dtype_from_code(int code) {
   return static_cast<DType>(code);
 }
 
+constexpr int kInt8Code = 3;
+
 // A 1-D or 2-D C-contiguous buffer in a stored dtype -> WeightView (rows = 1 for vectors).
 WeightView weight_view(const py::array& a, int code, const std::string& what) {
   const DType t = dtype_from_code(code);
@@ -40,6 +42,23 @@ WeightView weight_view(const py::array& a, int code, const std::string& what) {
   w.dtype = t;
   w.rows = a.ndim() == 2 ? a.shape(0) : 1;
   w.cols = a.ndim() == 2 ? a.shape(1) : a.shape(0);
+  return w;
+}
+
+// An int8 weight [rows, cols] with its bf16 group scales [rows, ceil(cols / 32)] (kept alive by the caller).
+WeightView int8_view(const py::array& q, const py::array& scales, const std::string& what) {
+  TD_CHECK(py::isinstance<py::array_t<int8_t>>(q) && q.ndim() == 2 && (q.flags() & py::array::c_style),
+           "[bindings] ", what, ": int8 weights must be a C-contiguous 2-D int8 array");
+  WeightView w;
+  w.data = q.data();
+  w.dtype = DType::I8;
+  w.rows = q.shape(0);
+  w.cols = q.shape(1);
+  TD_CHECK(py::isinstance<py::array_t<uint16_t>>(scales) && scales.ndim() == 2 && scales.shape(0) == w.rows &&
+               scales.shape(1) == w.groups() && (scales.flags() & py::array::c_style),
+           "[bindings] ", what, ": int8 scales must be C-contiguous bf16 bits (uint16) [", w.rows, ", ", w.groups(),
+           "]");
+  w.scales = static_cast<const uint16_t*>(scales.data());
   return w;
 }
 
@@ -71,6 +90,7 @@ ModelConfig config_from(const py::dict& cfg) {
   c.rms_eps = cfg["rms_eps"].cast<float>();
   c.rope = rope_from(cfg);
   if (cfg.contains("kv_dtype")) c.kv_dtype = dtype_from_code(cfg["kv_dtype"].cast<int>());
+  if (cfg.contains("compute_f32")) c.compute_f32 = cfg["compute_f32"].cast<bool>();
   c.validate();
   return c;
 }
@@ -114,6 +134,12 @@ class PyModel {
       py::tuple t = weights[py::str(name)].cast<py::tuple>();
       py::array a = t[0].cast<py::array>();
       owners_.push_back(a);
+      if (t[1].cast<int>() == kInt8Code) {   // (q, 3, group scales)
+        TD_CHECK(t.size() == 3, "[model] int8 weight ", name, " needs (q, code, scales)");
+        py::array sc = t[2].cast<py::array>();
+        owners_.push_back(sc);
+        return int8_view(a, sc, name);
+      }
       return weight_view(a, t[1].cast<int>(), name);
     };
     ModelWeights w;
@@ -356,6 +382,17 @@ PYBIND11_MODULE(_C, m) {
      "the last call; traffic: (load_bytes, store_bytes) of global memory as the threads request it, when "
      "count_traffic is on, else None");
   m.def("cpu_isa", [] { return std::string(td::cpu::simd().isa); });
+  m.def("cpu_paths", [] {
+    const auto& k = td::cpu::simd();
+    py::dict d;
+    d["kernels"] = k.isa;
+    d["bf16"] = k.bf16_path;
+    d["int8"] = k.int8_path;
+    return d;
+  }, "the CPU kernel set in use and what bf16 and int8 products run on");
+  m.def("cpu_kernel_sets", &td::cpu::available_kernels, "the kernel sets this CPU can run, weakest first");
+  m.def("use_cpu_kernels", &td::cpu::use_kernels, py::arg("name"),
+        "switches every later CPU product to a kernel set of cpu_kernel_sets() (for parity tests)");
   m.def("num_threads", [] { return omp_get_max_threads(); });
   m.def("set_num_threads", [](int n) {
     TD_CHECK(n > 0, "[set_num_threads] need at least one thread, got ", n);
@@ -404,8 +441,9 @@ PYBIND11_MODULE(_C, m) {
     cpu_backend().rms_norm(xp, wv, n, dim, eps, op);
     return out;
   });
-  m.def("matmul", [](F32Array x, py::array w, int wcode) {
-    WeightView wv = weight_view(w, wcode, "w");
+  m.def("matmul", [](F32Array x, py::array w, int wcode, bool round_input, py::object scales) {
+    WeightView wv = wcode == kInt8Code ? int8_view(w, scales.cast<py::array>(), "w") : weight_view(w, wcode, "w");
+    wv.round_input = round_input && wv.dtype == DType::BF16;
     TD_CHECK(w.ndim() == 2, "[matmul] w must be 2-D [n, k]");
     check_rows(x, wv.cols, "matmul", "x");
     TD_CHECK(x.shape(0) > 0, "[matmul] x has no rows");
@@ -416,7 +454,7 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release r;
     cpu_backend().matmul(xp, m, wv, op);
     return out;
-  });
+  }, py::arg("x"), py::arg("w"), py::arg("wcode"), py::arg("round_input") = false, py::arg("scales") = py::none());
   m.def("rope", [](F32Array x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> positions,
                    const py::dict& rope_cfg, bool is_query) {
     TD_CHECK(x.ndim() == 3, "[rope] x must be [n, heads, head_dim], got ", x.ndim(), "-D");

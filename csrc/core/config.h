@@ -28,6 +28,9 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   RopeParams rope;
   DType kv_dtype = DType::F32;   // of the KV cache: fp32, or bf16 on the CUDA backend
+  // Products with bf16 weights: false rounds x to bf16 (bf16 x bf16, fp32 accumulation, as on a GPU); true
+  // keeps fp32 x (exact fp32 products). fp32 and f16 weights always multiply fp32 x.
+  bool compute_f32 = false;
 
   int q_dim() const { return heads * head_dim; }
   int kv_dim() const { return kv_heads * head_dim; }

@@ -1,4 +1,5 @@
-// Storage dtypes of weights. Activations on the CPU backend are always fp32.
+// Storage dtypes of weights. I8 is symmetric int8 with a bf16 scale per group of 32 along each row
+// (WeightView::scales), made at load time; only the CPU backend multiplies by it. Activations between ops are fp32 on the CPU backend.
 // The converters are `static` on purpose: the SIMD kernel files include this header under -mavx2/-mavx512
 // flags, and an ordinary inline function could let the linker keep an AVX-512 copy for every caller.
 #pragma once
@@ -8,15 +9,16 @@
 
 namespace td {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
 
-inline int dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+inline int dtype_size(DType t) { return t == DType::F32 ? 4 : t == DType::I8 ? 1 : 2; }
 
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "float32";
     case DType::F16: return "float16";
     case DType::BF16: return "bfloat16";
+    case DType::I8: return "int8";
   }
   return "?";
 }

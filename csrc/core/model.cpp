@@ -44,6 +44,22 @@ Model::Model(ModelConfig cfg, ModelWeights weights, int capacity, Backend& backe
   cfg_.validate();
   validate_weights(cfg_, w_, !random_init);
   const ModelConfig& c = cfg_;
+  if (backend_.is_device()) {
+    TD_CHECK(w_.head.dtype != DType::I8, "[model] the ", backend_.name(),
+             " backend has no int8 kernels: load int8 weights on the CPU (device='cpu')");
+    for (const auto& L : w_.layers)
+      for (const WeightView* wv : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+        TD_CHECK(wv->dtype != DType::I8, "[model] the ", backend_.name(),
+                 " backend has no int8 kernels: load int8 weights on the CPU (device='cpu')");
+  }
+  for (WeightView* wv : {&w_.embed, &w_.final_norm})
+    TD_CHECK(wv->dtype != DType::I8, "[model] the embedding and norm weights cannot be int8");
+  for (auto& L : w_.layers)
+    for (WeightView* wv : {&L.in_norm, &L.post_norm})
+      TD_CHECK(wv->dtype != DType::I8, "[model] the norm weights cannot be int8");
+  mark_compute(w_.head);
+  for (auto& L : w_.layers)
+    for (WeightView* wv : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) mark_compute(*wv);
   if (backend_.is_device() || random_init) {
     const float proj_std = 1.0f / std::sqrt(static_cast<float>(c.hidden));
     uint64_t s = seed;
@@ -192,6 +208,9 @@ void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightV
         uploaded.push_back(std::move(buf));
       }
     }
+    TD_CHECK(wa.dtype != DType::I8 && wb.dtype != DType::I8, "[lora] the adapter cannot be int8");
+    mark_compute(wa);
+    mark_compute(wb);
     w_.layers[i].lora_a = wa;
     w_.layers[i].lora_b = wb;
   }
@@ -202,6 +221,8 @@ void Model::set_lora(const std::vector<WeightView>& a, const std::vector<WeightV
 }
 
 Model::~Model() { drop_graphs(); }
+
+void Model::mark_compute(WeightView& w) const { w.round_input = w.dtype == DType::BF16 && !cfg_.compute_f32; }
 
 void Model::drop_graphs() {
   for (LayerGraph& g : graphs_) backend_.destroy_graph(g.exec);

@@ -100,6 +100,7 @@ class Model {
   int64_t backend_bytes() const;
 
  private:
+  void mark_compute(WeightView& w) const;   // sets round_input from cfg_.compute_f32
   WeightView place(const WeightView& host, bool random, uint64_t seed, float std);
   void reserve(int rows);   // activations and backend scratch for forwards of up to `rows` tokens
   // Places the parts stacked by rows in one buffer (each part's seed is ++seed); the parts become views.

@@ -2,9 +2,11 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -23,19 +25,64 @@ int omp_threads() { return omp_get_max_threads(); }
 int omp_thread_id() { return omp_get_thread_num(); }
 int omp_team_size() { return omp_get_num_threads(); }
 
-const SimdKernels& simd() {
-  static const SimdKernels k = [] {
+namespace {
+// Every kernel set this CPU can run, weakest first.
+std::vector<SimdKernels> kernel_sets() {
+  std::vector<SimdKernels> sets;
+  sets.push_back({"generic", dot_tile_generic, to_f32_generic, dot_generic, nullptr, "fp32 fma (generic)",
+                  dot_tile_i8_generic, "int32 loops (generic)"});
 #if defined(__x86_64__) && defined(TD_HAVE_X86_KERNELS)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
-      return SimdKernels{"avx512", dot_tile_avx512, to_f32_avx512, dot_avx512};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return SimdKernels{"avx2", dot_tile_avx2, to_f32_avx2, dot_avx2};
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return sets;
+  sets.push_back({"avx2", dot_tile_avx2, to_f32_avx2, dot_avx2, nullptr, "fp32 fma (avx2)", dot_tile_i8_avx2,
+                  "vpmaddubsw (avx2)"});
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")))
+    return sets;
+  sets.push_back({"avx512", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
+                  dot_tile_i8_avx512, "vpmaddubsw (avx2)"});
+  if (!__builtin_cpu_supports("avx512vnni")) return sets;
+  sets.push_back({"avx512_vnni", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
+                  dot_tile_i8_vnni, "vpdpbusd (avx512_vnni)"});
+  if (!__builtin_cpu_supports("avx512bf16")) return sets;
+  sets.push_back({"avx512_bf16", dot_tile_avx512, to_f32_avx512, dot_avx512, dot_tile_bf16_avx512bf16,
+                  "vdpbf16ps (avx512_bf16)", dot_tile_i8_vnni, "vpdpbusd (avx512_vnni)"});
 #endif
-    return SimdKernels{"generic", dot_tile_generic, to_f32_generic, dot_generic};
-  }();
-  return k;
+  return sets;
+}
+
+const std::vector<SimdKernels>& all_sets() {
+  static const std::vector<SimdKernels> sets = kernel_sets();
+  return sets;
+}
+
+std::atomic<const SimdKernels*> current{nullptr};
+}  // namespace
+
+const SimdKernels& simd() {
+  const SimdKernels* k = current.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    k = &all_sets().back();
+    current.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+std::vector<std::string> available_kernels() {
+  std::vector<std::string> names;
+  for (const SimdKernels& k : all_sets()) names.emplace_back(k.isa);
+  return names;
+}
+
+void use_kernels(const std::string& isa) {
+  for (const SimdKernels& k : all_sets())
+    if (isa == k.isa) {
+      current.store(&k, std::memory_order_release);
+      return;
+    }
+  std::string have;
+  for (const std::string& n : available_kernels()) have += (have.empty() ? "" : ", ") + n;
+  throw Error(detail::concat("[cpu] kernel set '", isa, "' is not available on this CPU (it has: ", have, ")"));
 }
 
 void* CpuBackend::alloc(size_t bytes) {

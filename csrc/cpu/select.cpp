@@ -7,7 +7,7 @@
 
 #include "core/check.h"
 #include "cpu/cpu_backend.h"
-#include "cpu/simd_kernels.h"
+#include "cpu/product.h"
 
 namespace td::cpu {
 namespace {
@@ -75,7 +75,7 @@ void CpuBackend::head_select(const float* x, int n, const WeightView& head, cons
   const int vocab = static_cast<int>(head.rows);
   const int64_t k = head.cols;
   check_select(sp, vocab);
-  const SimdKernels& K = simd();
+  const ProductInput in(x, n, head);
   constexpr int kRows = 4;
   // Each thread scans a contiguous vocabulary range (so merging in thread order keeps "lowest id wins").
   const bool parallel = static_cast<double>(n) * vocab * k >= (1 << 20);
@@ -87,22 +87,12 @@ void CpuBackend::head_select(const float* x, int n, const WeightView& head, cons
     const int nt = omp_team_size();
     const int64_t blocks = (vocab + kRows - 1) / kRows;
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    std::vector<float> buf(head.dtype == DType::F16 ? static_cast<size_t>(kRows * k) : 0);
     std::vector<float> tile(static_cast<size_t>(n) * kRows);
     RowStats* mine = partial.data() + static_cast<size_t>(t) * n;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kRows;
       const int nr = static_cast<int>(std::min<int64_t>(kRows, vocab - r0));
-      const void* rows[kRows];
-      for (int j = 0; j < nr; ++j) {
-        if (head.dtype == DType::F16) {
-          K.to_f32(head.row_ptr(r0 + j), head.dtype, k, buf.data() + j * k);
-          rows[j] = buf.data() + j * k;
-        } else {
-          rows[j] = head.row_ptr(r0 + j);
-        }
-      }
-      K.dot_tile(x, n, k, rows, head.dtype == DType::F16 ? DType::F32 : head.dtype, nr, tile.data(), kRows);
+      in.tile(head, r0, nr, tile.data(), kRows);
       for (int r = 0; r < n; ++r)
         for (int j = 0; j < nr; ++j) mine[r].add(tile[r * kRows + j], static_cast<int>(r0 + j), sp, r);
     }

@@ -186,6 +186,7 @@ void CudaBackend::matmul(const float* x, int m, const WeightView& w, float* out)
     case DType::F32: launch<DType::F32>(x, m, w, out); break;
     case DType::BF16: launch<DType::BF16>(x, m, w, out); break;
     case DType::F16: launch<DType::F16>(x, m, w, out); break;
+    case DType::I8: throw Error("[matmul] the CUDA backend has no int8 kernels (load int8 weights on the CPU)");
   }
   TD_CUDA_LAUNCH_CHECK("matmul");
 }

@@ -3,6 +3,14 @@ language models."""
 
 from __future__ import annotations
 
+import os as _os
+
+# OpenMP threads sleep when a parallel region ends instead of spinning: a spinning thread takes the core from
+# whatever else runs there (another process, or this program's own threads), and a generate on busy cores
+# then runs several times slower. libgomp reads this when the native module loads it, just below; a value
+# the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import _C, ops
 from .config import ModelConfig, load_config, parse_config
 from .errors import CheckpointError, NativeError

@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this token (repeatable; default: the config's eos_token_id)")
     g.add_argument("--max-context", type=int, default=None,
                    help="KV-cache capacity in tokens (default: min(max_position_embeddings, 4096))")
-    g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="convert weights to this dtype at load (default: keep the stored dtype)")
+    g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8"],
+                   help="convert weights to this dtype at load; int8 quantizes the products' weights per row "
+                        "(CPU only; default: keep the stored dtype)")
+    g.add_argument("--compute-dtype", default="auto", choices=["auto", "float32"],
+                   help="auto: bf16 weights multiply bf16 activations (fp32 sums); float32: fp32 activations "
+                        "(CPU only; default: auto)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend to run on (default: cpu)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--print-ids", action="store_true", help="print token ids even when a tokenizer exists")
@@ -82,7 +86,9 @@ def _version() -> str:
         cuda += f", cuda device: {_C.cuda_device_name(0)}"
     if tridecode.cuda_emulated():
         cuda += " (emulated: TRIDECODE_CUDA=EMU build, kernels run on the CPU)"
-    return f"tridecode {tridecode.__version__} (cpu kernels: {_C.cpu_isa()}, threads: {_C.num_threads()}, {cuda})"
+    p = _C.cpu_paths()
+    cpu = f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']})"
+    return f"tridecode {tridecode.__version__} ({cpu}, threads: {_C.num_threads()}, {cuda})"
 
 
 def main(argv=None) -> int:
@@ -101,7 +107,8 @@ def main(argv=None) -> int:
             tridecode.set_num_threads(args.threads)
         lora = None if args.no_lora else (args.lora or "auto")
         path = args.model if args.model is not None else tridecode.default_model_path()
-        model = tridecode.load(path, device=args.device, dtype=args.dtype, max_context=args.max_context, lora=lora)
+        model = tridecode.load(path, device=args.device, dtype=args.dtype, max_context=args.max_context, lora=lora,
+                               compute_dtype=args.compute_dtype)
         if args.prompt is not None and model.tokenizer is None:
             parser.error(f"--prompt needs {path}/tokenizer.json; use --ids instead")
         prompt = args.prompt if args.prompt is not None else args.ids

@@ -36,7 +36,13 @@ _DTYPE_ALIASES = {
     "float32": "F32", "fp32": "F32", "f32": "F32",
     "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
     "bfloat16": "BF16", "bf16": "BF16",
+    "int8": "I8", "i8": "I8",
 }
+
+#: Native weights an int8 load quantizes (the products); the embedding (gathered, not read whole) and the
+#: norm vectors keep their stored dtype.
+_INT8_WEIGHTS = frozenset({"head", *(n for n in _LAYER_TENSORS if not n.endswith("norm"))})
+INT8_CODE = 3
 
 
 def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[str, tuple]]:
@@ -71,8 +77,44 @@ def _target_dtype(dtype) -> str | None:
     """The safetensors dtype a load converts to (None: keep each tensor's)."""
     target = _DTYPE_ALIASES.get(dtype.lower(), "?") if isinstance(dtype, str) else (None if dtype is None else "?")
     if target == "?":
-        raise ValueError(f"load: unsupported dtype {check._show(dtype)} (use None, 'float32', 'float16' or 'bfloat16')")
+        raise ValueError(f"load: unsupported dtype {check._show(dtype)} "
+                         "(use None, 'float32', 'float16', 'bfloat16' or 'int8')")
     return target
+
+
+INT8_GROUP = 32
+
+
+def quantize_int8(arr: np.ndarray, code: int = 0) -> tuple[np.ndarray, int, np.ndarray]:
+    """Symmetric int8 with one scale per group of 32 along each row (the last group may be shorter):
+    w[r, c] ~ q[r, c] * scale[r, c // 32], the scale max|group| / 127 rounded up to a bf16 (so no q leaves
+    [-127, 127] and the stored scale is the exact one used). Returns (q int8 [rows, cols], 3, scales as bf16
+    bits uint16 [rows, ceil(cols / 32)]), the tuple the native model takes for an int8 weight. arr holds
+    stored-dtype values (code 0 F32, 1 F16, 2 BF16 bits)."""
+    if arr.ndim != 2:
+        raise ValueError(f"quantize_int8: weight must be 2-D, got shape {list(arr.shape)}")
+    rows, cols = arr.shape
+    groups = -(-cols // INT8_GROUP)
+    q = np.empty(arr.shape, np.int8)
+    scales = np.empty((rows, groups), np.uint16)
+    step = max(1, (1 << 22) // max(1, cols))      # a few MB of fp32 at a time
+    for r0 in range(0, rows, step):
+        part = arr[r0:r0 + step]
+        f = bf16_to_f32(part) if code == 2 else part.astype(np.float32)
+        if not np.isfinite(f).all():
+            raise ValueError(f"quantize_int8: weight rows {r0}..{r0 + len(part) - 1} hold inf or nan")
+        padded = np.zeros((len(part), groups * INT8_GROUP), np.float32)
+        padded[:, :cols] = f
+        g = padded.reshape(len(part), groups, INT8_GROUP)
+        s = np.abs(g).max(axis=2) / np.float32(127)
+        bits = s.view(np.uint32)
+        up = ((bits + np.uint32(0xFFFF)) >> 16).astype(np.uint16)        # round the scale up to a bf16
+        s_up = (up.astype(np.uint32) << 16).view(np.float32)
+        inv = np.where(s_up > 0, np.float32(1) / np.where(s_up > 0, s_up, 1), 0).astype(np.float32)
+        qg = np.clip(np.rint(g * inv[:, :, None]), -127, 127).astype(np.int8)
+        q[r0:r0 + step] = qg.reshape(len(part), -1)[:, :cols]
+        scales[r0:r0 + step] = up
+    return q, INT8_CODE, scales
 
 
 def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
@@ -108,6 +150,9 @@ def load_weights(directory: str, cfg: ModelConfig, dtype: str | None):
             raise CheckpointError(f"{ckpt.file_of(tname)}: tensor {tname} has unsupported dtype {info.dtype} "
                                   f"(supported: {', '.join(SUPPORTED_DTYPES)})")
         arr, code = ckpt.array(tname)
+        if target == "I8":
+            out[native] = quantize_int8(arr, code) if native.rsplit(".", 1)[-1] in _INT8_WEIGHTS else (arr, code)
+            continue
         if target is not None:
             arr, code = _convert(arr, code, target)
         out[native] = (arr, code)
@@ -130,9 +175,19 @@ def _kv_cache_dtype(where: str, value, device: str, weight_code: int) -> str:
     return value
 
 
-def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32") -> dict:
+def _compute_f32(where: str, value, device: str) -> bool:
+    if not isinstance(value, str) or value not in ("auto", "float32"):
+        raise ValueError(f"{where}: compute_dtype must be 'auto' or 'float32', got {check._show(value)}")
+    if value == "float32" and device == "cuda":
+        raise ValueError(f"{where}: compute_dtype='float32' needs device='cpu' (the CUDA backend's tensor-core "
+                         "products of bf16 weights take bf16 activations)")
+    return value == "float32"
+
+
+def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32", compute_f32: bool = False) -> dict:
     return {
         "kv_dtype": _KV_CODES[kv_cache_dtype],
+        "compute_f32": compute_f32,
         "hidden": cfg.hidden_size,
         "layers": cfg.num_hidden_layers,
         "heads": cfg.num_attention_heads,
@@ -146,14 +201,19 @@ def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32") -> dict:
 
 
 def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto",
-         kv_cache_dtype: str = "auto", cuda_graphs: bool = True):
+         kv_cache_dtype: str = "auto", cuda_graphs: bool = True, compute_dtype: str = "auto"):
     """Loads a Hugging Face checkpoint directory.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
         optionally tokenizer.json.
     device: "cpu" (the CUDA backend is not available for whole models yet).
     dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32, memory-mapped, no copy); "float32",
-        "float16" or "bfloat16" converts at load (a copy).
+        "float16" or "bfloat16" converts at load (a copy); "int8" quantizes every product's weight (q/k/v/o,
+        gate/up/down, LM head) to symmetric int8 with a bf16 scale per group of 32 (CPU only; 1.06 bytes a
+        weight), each product quantizing its activations per row to int16 as it runs.
+    compute_dtype: "auto" multiplies bf16 weights by bf16-rounded activations with fp32 accumulation (as the
+        reference does on a GPU; vdpbf16ps where the CPU has it); "float32" keeps fp32 activations and exact
+        fp32 products of the bf16 weights (CPU only). fp32 and f16 weights always use fp32 activations.
     max_context: KV-cache capacity in tokens (default min(max_position_embeddings, 4096)).
     lora: the self-speculation LoRA drafter: "auto" attaches `<path>/linear_spec_lora/` when present, a path
         attaches that adapter, None attaches none.
@@ -175,6 +235,9 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     if max_context is not None:
         check.integer("load: max_context", max_context, 1)
     cuda_graphs = check.flag("load: cuda_graphs", cuda_graphs)
+    compute_f32 = _compute_f32("load", compute_dtype, device)
+    if device == "cuda" and _target_dtype(dtype) == "I8":
+        raise ValueError("load: dtype='int8' needs device='cpu' (the CUDA backend has no int8 kernels)")
     cfg = load_config(directory)
     if max_context is None:
         max_context = min(cfg.max_position_embeddings, 4096)
@@ -182,7 +245,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
     kv_dtype = _kv_cache_dtype("load", kv_cache_dtype, device, weights["layers.0.q"][1])
     try:
-        native = _C.Model(native_config(cfg, kv_dtype), weights, max_context, device)
+        native = _C.Model(native_config(cfg, kv_dtype, compute_f32), weights, max_context, device)
     except MemoryError:
         kv_bytes = 2 * (4 if kv_dtype == "float32" else 2) * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * max_context
         raise MemoryError(f"load: cannot allocate the KV cache for max_context={max_context} "
@@ -196,6 +259,7 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     # A device model holds its own copy of the weights: the memory maps need not stay open.
     model = Model(native, cfg, weights if device == "cpu" else {}, directory=directory, tokenizer=tokenizer,
                   tied=tied, device=device)
+    model.compute_dtype = "float32" if compute_f32 else "auto"
     if isinstance(lora, str) and lora == "auto":
         from .lora import find_default
         lora = find_default(directory)
@@ -234,7 +298,7 @@ def _check_device(device) -> None:
 
 
 def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max_context: int = 4096,
-                 seed: int = 0, kv_cache_dtype: str = "auto", cuda_graphs: bool = True):
+                 seed: int = 0, kv_cache_dtype: str = "auto", cuda_graphs: bool = True, compute_dtype: str = "auto"):
     """A model of the given config.json contents with random weights made directly in the backend's memory
     (no checkpoint, no host copy): for benchmarks. Weights ~ N(0, 1/fan_in), norms 1."""
     from .config import parse_config
@@ -246,10 +310,15 @@ def random_model(config: dict, device: str = "cpu", dtype: str = "bfloat16", max
     max_context = check.integer("random_model: max_context", max_context, 1, cfg.max_position_embeddings)
     seed = check.seed("random_model: seed", seed)
     cuda_graphs = check.flag("random_model: cuda_graphs", cuda_graphs)
+    compute_f32 = _compute_f32("random_model", compute_dtype, device)
+    if target == "I8":
+        raise ValueError("random_model: int8 weights are made by quantizing a checkpoint: load(..., dtype='int8')")
     code = {"F32": 0, "F16": 1, "BF16": 2}[target]
     if device == "cpu":
         _check_host_memory(cfg, 4 if code == 0 else 2, max_context)
     kv_dtype = _kv_cache_dtype("random_model", kv_cache_dtype, device, code)
-    native = _C.Model.random(native_config(cfg, kv_dtype), code, max_context, device, seed)
+    native = _C.Model.random(native_config(cfg, kv_dtype, compute_f32), code, max_context, device, seed)
     native.graphs = cuda_graphs
-    return Model(native, cfg, {}, directory="<random>", device=device)
+    model = Model(native, cfg, {}, directory="<random>", device=device)
+    model.compute_dtype = "float32" if compute_f32 else "auto"
+    return model

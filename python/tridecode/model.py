@@ -53,6 +53,7 @@ class Model:
         self.tokenizer = tokenizer
         self.tied_embeddings = tied
         self.device = device
+        self.compute_dtype = "auto"      # "float32": bf16 weights multiply fp32 activations (load's option)
         self.lora = None               # the attached LoraAdapter, if any
 
     # ---- LoRA drafter ----
@@ -132,8 +133,14 @@ class Model:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weights as loaded (host memory maps on the CPU)."""
-        return sum(a.nbytes for a, _ in self._weights.values())
+        """Bytes of the weights as loaded (host memory maps on the CPU; int8 weights with their scales)."""
+        return sum(a.nbytes for t in self._weights.values() for a in t if isinstance(a, np.ndarray))
+
+    @property
+    def weight_dtypes(self) -> dict:
+        """{native weight name: storage dtype} ("float32", "float16", "bfloat16" or "int8")."""
+        names = {0: "float32", 1: "float16", 2: "bfloat16", 3: "int8"}
+        return {k: names[t[1]] for k, t in self._weights.items()}
 
     @property
     def device_memory_bytes(self) -> int:

@@ -83,8 +83,11 @@ def rms_norm(x, weight, eps: float = 1e-5, weight_dtype: str | None = None, devi
     return call.results()
 
 
-def matmul(x, weight, weight_dtype: str | None = None, device: str | None = None):
-    """x [m, k] @ weight[n, k]^T -> [m, n], fp32 accumulation."""
+def matmul(x, weight, weight_dtype: str | None = None, device: str | None = None, compute_dtype: str = "float32"):
+    """x [m, k] @ weight[n, k]^T -> [m, n], fp32 accumulation. compute_dtype "bfloat16" rounds x to bf16
+    first for a bf16 weight (the product a bf16 model runs on the CPU by default; CPU only)."""
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"[matmul] compute_dtype must be 'float32' or 'bfloat16', got {check._show(compute_dtype)}")
     xa = _act(x, "matmul", "x", (1, 2))
     wa, code = _weight(weight, weight_dtype, "matmul")
     k = xa.shape[-1]
@@ -94,12 +97,54 @@ def matmul(x, weight, weight_dtype: str | None = None, device: str | None = None
     n = wa.shape[0]
     out_shape = (n,) if xa.ndim == 1 else (m, n)
     if _device(device, xa, wa) == "cpu":
-        return _C.matmul(xa.host.reshape(m, k), wa.host, code).reshape(out_shape)
+        return _C.matmul(xa.host.reshape(m, k), wa.host, code, compute_dtype == "bfloat16").reshape(out_shape)
+    if compute_dtype != "float32":
+        raise ValueError("[matmul] compute_dtype='bfloat16' is a CPU path (CUDA products choose their own)")
     call = Call(xa, wa)
     xp, wp = call.place(xa, np.float32), call.place(wa)
     out = call.out(out_shape, np.float32)
     _C.cuda_raw.matmul(xp, m, wp, code, n, k, out)
     return call.results()
+
+
+def quantize_int8(weight) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization of a 2-D float weight as load(..., dtype="int8") does it: (q int8 [n, k],
+    scales float32 [n, ceil(k / 32)]) with weight[r, c] ~ q[r, c] * scales[r, c // 32] (the scales are bf16
+    values, stored so)."""
+    from .loader import quantize_int8 as quantize
+
+    w = check.array("[quantize_int8] weight", weight)
+    if w.dtype.kind != "f":
+        raise ValueError(f"[quantize_int8] weight must be a floating-point array, got {w.dtype}")
+    q, _, bits = quantize(np.ascontiguousarray(w, np.float32))
+    return q, (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def matmul_int8(x, q, scales):
+    """x [m, k] @ dequantized(q)^T on the CPU's int8 path: x is quantized per row to int16 (symmetric, scale
+    max|x| / 32767), each group of 32 products summed exactly in int32 and scaled by its group's scale in
+    fp32. q: int8 [n, k]; scales: [n, ceil(k / 32)], bf16 values (as quantize_int8 returns them)."""
+    xa = _act(x, "matmul_int8", "x", (1, 2))
+    qa = check.array("[matmul_int8] q", q)
+    if qa.dtype != np.int8 or qa.ndim != 2:
+        raise ValueError(f"[matmul_int8] q must be a 2-D int8 array, got {qa.dtype} of shape {list(qa.shape)}")
+    sa = check.array("[matmul_int8] scales", scales)
+    groups = -(-qa.shape[1] // 32)
+    if sa.shape != (qa.shape[0], groups) or sa.dtype.kind != "f":
+        raise ValueError(f"[matmul_int8] scales must be float [{qa.shape[0]}, {groups}], got {sa.dtype} of shape "
+                         f"{list(sa.shape)}")
+    bits = np.ascontiguousarray(sa, np.float32).view(np.uint32)
+    if np.any(bits & 0xFFFF):
+        raise ValueError("[matmul_int8] scales must be bf16 values (as quantize_int8 returns them)")
+    k = xa.shape[-1]
+    if qa.shape[1] != k:
+        raise ValueError(f"[matmul_int8] q has shape {list(qa.shape)}, expected [n, {k}]")
+    if xa.host is None:
+        raise ValueError("[matmul_int8] int8 products run on the CPU (x is a device array)")
+    m = 1 if xa.ndim == 1 else xa.shape[0]
+    qh = np.ascontiguousarray(qa)
+    out = _C.matmul(xa.host.reshape(m, k), qh, 3, False, np.ascontiguousarray(bits >> 16, dtype=np.uint16))
+    return out.reshape((qa.shape[0],) if xa.ndim == 1 else (m, qa.shape[0]))
 
 
 def rope(x, positions, inv_freq, attention_factor: float = 1.0, qscale_beta: float = 0.0,
