@@ -350,3 +350,17 @@ def test_bf16_activations_change_no_bit(models):
     lora = [tridecode.load(GOLDEN_DIR, device="cuda") for _ in range(2)]   # fp32 weights: nothing changes
     lora[1]._native.bf16_activations = False
     _same_generations(*lora, PROMPTS[1], max_new_tokens=8)
+
+
+def test_cuda_refuses_int8_weights_and_fp32_compute():
+    from tridecode import _C
+    from tridecode.config import load_config
+    from tridecode.loader import load_weights, native_config
+    with pytest.raises(ValueError, match="dtype='int8' needs device='cpu'"):
+        tridecode.load(GOLDEN_DIR, device="cuda", dtype="int8")
+    with pytest.raises(ValueError, match="compute_dtype='float32' needs device='cpu'"):
+        tridecode.load(GOLDEN_DIR, device="cuda", compute_dtype="float32")
+    cfg = load_config(GOLDEN_DIR)
+    weights, _, _ = load_weights(GOLDEN_DIR, cfg, "int8")
+    with pytest.raises(tridecode.NativeError, match="no int8 kernels"):   # the native model refuses too
+        _C.Model(native_config(cfg), weights, 64, "cuda")

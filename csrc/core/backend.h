@@ -68,6 +68,11 @@ class Backend {
       start += rows[i];
     }
   }
+  // Products of one x with several separate weights (q/k/v, gate/up stored apart): outs[i] = x @ ws[i]^T, each
+  // as matmul computes it. A backend may run them as one parallel pass.
+  virtual void matmul_group(const float* x, int m, const WeightView* const* ws, int count, float* const* outs) {
+    for (int i = 0; i < count; ++i) matmul(x, m, *ws[i], outs[i]);
+  }
   // bf16 activations between ops (device backends whose products with a bf16 weight round x to bf16 on
   // the way in, so that a producer rounding its output instead changes no bit and halves what the consumer
   // reads). bf16_input(w, m): whether matmul_bf16 takes an [m, w.cols] bf16 x for this weight. The _bf16

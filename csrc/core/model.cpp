@@ -378,9 +378,9 @@ void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached
       float* const outs[3] = {q, k, v};
       backend_.matmul_parts(norm, n, L.qkv, 3, rows, outs);
     } else {
-      backend_.matmul(norm, n, L.q, q);
-      backend_.matmul(norm, n, L.k, k);
-      backend_.matmul(norm, n, L.v, v);
+      const WeightView* ws[3] = {&L.q, &L.k, &L.v};
+      float* const outs[3] = {q, k, v};
+      backend_.matmul_group(norm, n, ws, 3, outs);
     }
     void* kc = cache_.k(li);
     void* vc = cache_.v(li);
@@ -425,8 +425,9 @@ void Model::run_layers(const int32_t* ids, int n, const int64_t* pos, int cached
       float* const outs[2] = {gate, up};
       backend_.matmul_parts(norm, n, L.gate_up, 2, rows, outs);
     } else {
-      backend_.matmul(norm, n, L.gate, gate);
-      backend_.matmul(norm, n, L.up, up);
+      const WeightView* ws[2] = {&L.gate, &L.up};
+      float* const outs[2] = {gate, up};
+      backend_.matmul_group(norm, n, ws, 2, outs);
     }
     if (act16 != nullptr && takes(L.down)) {
       backend_.swiglu_bf16(gate, up, n * I, act16);

@@ -43,10 +43,10 @@ std::vector<SimdKernels> kernel_sets() {
                   dot_tile_i8_avx512, "vpmaddubsw (avx2)"});
   if (!__builtin_cpu_supports("avx512vnni")) return sets;
   sets.push_back({"avx512_vnni", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
-                  dot_tile_i8_vnni, "vpdpbusd (avx512_vnni)"});
+                  dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)"});
   if (!__builtin_cpu_supports("avx512bf16")) return sets;
   sets.push_back({"avx512_bf16", dot_tile_avx512, to_f32_avx512, dot_avx512, dot_tile_bf16_avx512bf16,
-                  "vdpbf16ps (avx512_bf16)", dot_tile_i8_vnni, "vpdpbusd (avx512_vnni)"});
+                  "vdpbf16ps (avx512_bf16)", dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)"});
 #endif
   return sets;
 }

@@ -19,6 +19,7 @@ class CpuBackend final : public Backend {
   void embed(const WeightView& table, const int32_t* ids, int n, float* out) override;
   void rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) override;
   void matmul(const float* x, int m, const WeightView& w, float* out) override;
+  void matmul_group(const float* x, int m, const WeightView* const* ws, int count, float* const* outs) override;
   void rope(float* x, int n, int heads, int head_dim, const int64_t* positions, const RopeParams& rp,
             bool is_query) override;
   void attention(const AttentionParams& p) override;

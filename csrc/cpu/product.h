@@ -5,8 +5,9 @@
 //   fp32 products of the rounded values;
 // - int8 weights (a bf16 scale per group of 32): x quantized per row to int16 (symmetric, scale
 //   max|x| / 32767), each group's products summed exactly in int32 and scaled into fp32, then times the x
-//   scale. int16 rather than int8 activations: measured on a random 8-layer model, int8 activations
-//   (per row) gave 98.3% top-1 agreement with the bf16 model; the weights' rounding is then the only loss.
+//   scale. int16 rather than int8 activations: on a 1024-deep product of Gaussian data the relative error is
+//   0.54% so against 0.76% with int8 activations per group (and 1.12% with one weight scale per row and int8
+//   activations); the weights' rounding is then nearly the only loss.
 // A row's result depends only on that row of x, never on m (the batch), on every path.
 #pragma once
 #include <cstdint>

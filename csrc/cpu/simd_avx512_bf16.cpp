@@ -8,6 +8,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <vector>
+
 #include "cpu/simd_kernels.h"
 
 namespace td::cpu {
@@ -17,58 +19,96 @@ inline __m512bh load_bh(const uint16_t* p, __mmask32 mask) {
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
 
+template <int MR, int NR, bool kMasked>
+inline void bf16_step(const uint16_t* x, int64_t k, const uint16_t* const* w, int64_t kk, __m512 (&acc)[MR][NR]) {
+  const __mmask32 mask = kMasked ? static_cast<__mmask32>((1u << (k - kk)) - 1) : ~__mmask32{0};
+  __m512bh wv[NR];
+  for (int j = 0; j < NR; ++j)
+    wv[j] = kMasked ? load_bh(w[j] + kk, mask) : (__m512bh)_mm512_loadu_si512(w[j] + kk);
+  if (MR == 1)   // decode: the next tile's rows follow these in memory; fetch them while these multiply
+    for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
+  for (int i = 0; i < MR; ++i) {
+    const __m512bh xv = kMasked ? load_bh(x + i * k + kk, mask) : (__m512bh)_mm512_loadu_si512(x + i * k + kk);
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
+  }
+}
+
 template <int MR, int NR>
 void bf16_tile(const uint16_t* x, int64_t k, const uint16_t* const* w, float* out, int64_t ldo) {
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < k; kk += 32) {
-    const int64_t left = k - kk;
-    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
-    __m512bh wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = load_bh(w[j] + kk, mask);
-    if (MR == 1)   // decode: the next tile's rows follow these in memory; fetch them while these multiply
-      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
-    for (int i = 0; i < MR; ++i) {
-      const __m512bh xv = load_bh(x + i * k + kk, mask);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
-    }
-  }
+  int64_t kk = 0;
+  for (; kk + 32 <= k; kk += 32) bf16_step<MR, NR, false>(x, k, w, kk, acc);
+  if (kk < k) bf16_step<MR, NR, true>(x, k, w, kk, acc);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
-inline __m512 group_scale(const uint16_t* s, int64_t g) {
-  return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(s[g]) << 16)));
+// One weight row against one x row, front to back: the same operations, in the same order, as each output of
+// bf16_tile, so results do not depend on which is used; for m = 1 (decode) the weight stream is the whole
+// cost, and a single ascending stream is what the hardware prefetchers follow best (the 8-row tile reads 8
+// interleaved streams 2 * k bytes apart).
+inline float bf16_row(const uint16_t* x, int64_t k, const uint16_t* w) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t kk = 0;
+  for (; kk + 32 <= k; kk += 32)
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x + kk), (__m512bh)_mm512_loadu_si512(w + kk));
+  if (kk < k) {
+    const __mmask32 mask = static_cast<__mmask32>((1u << (k - kk)) - 1);
+    acc = _mm512_dpbf16_ps(acc, load_bh(x + kk, mask), load_bh(w + kk, mask));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// The group scales of a tile's rows as fp32 (bf16 bits shifted up), so the products broadcast them from memory.
+template <int NR>
+const float* tile_scales(const uint16_t* const* sc, int64_t groups) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(NR * groups)) buf.resize(static_cast<size_t>(NR * groups));
+  for (int j = 0; j < NR; ++j)
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t left = groups - g;
+      const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+      const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, sc[j] + g)), 16);
+      _mm512_mask_storeu_ps(buf.data() + j * groups + g, mask, _mm512_castsi512_ps(bits));
+    }
+  return buf.data();
 }
 
 // One group of 32 is one instruction: 16 lanes of int16 pairs. The weights are widened once per group and
 // reused for every row of x.
+template <int MR, int NR, bool kMasked>
+inline void i8_group(const int16_t* x, int64_t k, const int8_t* const* w, const float* scale, int64_t groups,
+                     int64_t g, __m512 (&acc)[MR][NR]) {
+  const int64_t kk = g * 32;
+  const int64_t left = k - kk;
+  const __mmask32 mask = kMasked ? static_cast<__mmask32>((1u << left) - 1) : ~__mmask32{0};
+  __m512i wv[NR];
+  for (int j = 0; j < NR; ++j)
+    wv[j] = _mm512_cvtepi8_epi16(kMasked ? _mm256_maskz_loadu_epi8(mask, w[j] + kk)
+                                         : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + kk)));
+  if (MR == 1 && (g & 1) == 0)   // decode: fetch the next tile's rows (they follow these), a line per row
+    for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
+  for (int i = 0; i < MR; ++i) {
+    const __m512i xv = kMasked ? _mm512_maskz_loadu_epi16(mask, x + i * k + kk) : _mm512_loadu_si512(x + i * k + kk);
+    for (int j = 0; j < NR; ++j) {
+      const __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), xv, wv[j]);
+      acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(scale[j * groups + g]), acc[i][j]);
+    }
+  }
+}
+
 template <int MR, int NR>
 void i8_tile(const int16_t* x, int64_t k, const int8_t* const* w, const uint16_t* const* sc, float* out,
              int64_t ldo) {
+  const int64_t groups = (k + 31) / 32, full = k / 32;
+  const float* scale = tile_scales<NR>(sc, groups);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t kk = 0, g = 0; kk < k; kk += 32, ++g) {
-    const int64_t left = k - kk;
-    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
-    __m512i wv[NR];
-    __m512 sv[NR];
-    for (int j = 0; j < NR; ++j) {
-      wv[j] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w[j] + kk));
-      sv[j] = group_scale(sc[j], g);
-    }
-    if (MR == 1 && (g & 1) == 0)   // decode: fetch the next tile's rows (they follow these), a line per row
-      for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
-    for (int i = 0; i < MR; ++i) {
-      const __m512i xv = _mm512_maskz_loadu_epi16(mask, x + i * k + kk);
-      for (int j = 0; j < NR; ++j) {
-        const __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), xv, wv[j]);
-        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sv[j], acc[i][j]);
-      }
-    }
-  }
+  for (int64_t g = 0; g < full; ++g) i8_group<MR, NR, false>(x, k, w, scale, groups, g, acc);
+  if (full < groups) i8_group<MR, NR, true>(x, k, w, scale, groups, full, acc);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
@@ -97,6 +137,10 @@ void rows_by_shape(int m, int nr, Tile1x8 t18, Tile4x4 t44, Tile1x4 t14, Rest re
 void dot_tile_bf16_avx512bf16(const uint16_t* x, int m, int64_t k, const void* const* w_rows, int nr, float* out,
                               int64_t ldo) {
   const uint16_t* const* w = reinterpret_cast<const uint16_t* const*>(w_rows);
+  if (m == 1) {
+    for (int j = 0; j < nr; ++j) out[j] = bf16_row(x, k, w[j]);
+    return;
+  }
   rows_by_shape(
       m, nr, [&](int i) { bf16_tile<1, 8>(x + i * k, k, w, out + i * ldo, ldo); },
       [&](int i, int j0) { bf16_tile<4, 4>(x + i * k, k, w + j0, out + i * ldo + j0, ldo); },
@@ -108,6 +152,10 @@ void dot_tile_bf16_avx512bf16(const uint16_t* x, int m, int64_t k, const void* c
 
 void dot_tile_i8_vnni(const int16_t* x, int m, int64_t k, const int8_t* const* w, const uint16_t* const* sc, int nr,
                       float* out, int64_t ldo) {
+  if (m == 1) {   // decode: one weight row at a time, one ascending stream
+    for (int j = 0; j < nr; ++j) i8_tile<1, 1>(x, k, w + j, sc + j, out + j, ldo);
+    return;
+  }
   rows_by_shape(
       m, nr, [&](int i) { i8_tile<1, 8>(x + i * k, k, w, sc, out + i * ldo, ldo); },
       [&](int i, int j0) { i8_tile<4, 4>(x + i * k, k, w + j0, sc + j0, out + i * ldo + j0, ldo); },
