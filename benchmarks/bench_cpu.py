@@ -1,15 +1,19 @@
-"""CPU backend vs transformers-on-torch, in one run, on the same random mid-size checkpoint.
+"""CPU backend vs transformers-on-torch and llama.cpp, in one run, on the same random mid-size checkpoint.
 
 Measures the latency of a 1-token decode forward and of a 32-token chunk forward over a fixed cached context
-(the cache is cropped back after every timed call), median of many runs after a warm-up, and prints the
-memory-bandwidth floor of the decode step: the weight bytes one forward must read divided by the machine's
-read bandwidth, measured in the same run.
+(the cache is cropped back after every timed call), median of many runs after a warm-up, and prints each
+row's memory-bandwidth floor: the weight bytes one forward reads (embedding excluded, scales included)
+divided by the machine's read bandwidth, measured in the same run.
 
-The checkpoint is stored in bfloat16, as real ones are. tridecode computes from the stored bf16 weights
-(fp32 accumulation); torch runs it in fp32 (the baseline the project targets) and, as a second row, in bf16.
-A "tridecode fp32" row loads the same file converted to fp32, reading as many bytes as torch fp32.
+Rows: tridecode bf16 (bf16 activations, the default), bf16 with compute_dtype="float32", int8
+(load(..., dtype="int8")) and fp32 weights; torch fp32 and bf16; llama.cpp bf16 / f16 / q8_0 when
+--llama-cpp DIR names a llama.cpp tree with build/bin/llama-bench and llama-quantize (its gguf-py writes the
+GGUF file from the same weights as a llama-architecture model: the same shapes and bytes; default RoPE and
+no q/k permutation, which changes no timing). Then: int8 top-1 agreement with the bf16 model over random
+tokens, and a generate at 1 thread and at the default count, on free cores and with a busy process per core.
 
     python benchmarks/bench_cpu.py [--hidden 1024 --layers 8 --vocab 32000 --threads 2 --runs 15]
+        [--llama-cpp DIR] [--skip-contention]
 """
 
 from __future__ import annotations
@@ -97,10 +101,16 @@ def measure_read_bandwidth(torch, gib=1.0):
     return x.numel() * 4 / (ms / 1e3)
 
 
-def bench_tridecode(path, dtype, context, runs):
+def forward_bytes(model) -> int:
+    """Bytes of weights one forward reads: everything but the embedding table (only its rows are read)."""
+    return sum(a.nbytes for name, t in model._weights.items() if name != "embed"
+               for a in t if isinstance(a, np.ndarray))
+
+
+def bench_tridecode(path, context, runs, **load_kw):
     import tridecode
 
-    m = tridecode.load(path, dtype=dtype, max_context=context + 64)
+    m = tridecode.load(path, max_context=context + 64, **load_kw)
     prompt = list(range(3, 3 + context))
     m.forward(prompt, mode="causal", logits="last")
 
@@ -112,7 +122,7 @@ def bench_tridecode(path, dtype, context, runs):
         m.forward(list(range(10, 42)), mode="causal", logits="all")
         m.crop(context)
 
-    return median_ms(decode, runs), median_ms(chunk, max(3, runs // 3)), m.weight_bytes
+    return median_ms(decode, runs), median_ms(chunk, max(3, runs // 3)), forward_bytes(m)
 
 
 def bench_torch(path, torch_dtype, context, runs):
@@ -157,6 +167,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-torch-bf16", action="store_true")
+    ap.add_argument("--llama-cpp", default=None, help="a llama.cpp tree with build/bin/llama-bench, llama-quantize")
+    ap.add_argument("--skip-contention", action="store_true")
     args = ap.parse_args(argv)
 
     import torch
@@ -168,30 +180,231 @@ def main(argv=None):
         elems = make_checkpoint(d, args.hidden, args.layers, args.heads, args.kv_heads, args.head_dim,
                                 args.intermediate, args.vocab)
         bw = measure_read_bandwidth(torch)
-        rows = []
-        td_bf16 = bench_tridecode(d, None, args.context, args.runs)
-        rows.append(("tridecode (bf16 weights)", td_bf16[0], td_bf16[1], elems * 2))
-        td_f32 = bench_tridecode(d, "float32", args.context, args.runs)
-        rows.append(("tridecode (fp32 weights)", td_f32[0], td_f32[1], elems * 4))
-        t32 = bench_torch(d, torch.float32, args.context, args.runs)
-        rows.append(("torch fp32 (baseline)", t32[0], t32[1], elems * 4))
+        rows = {}
+        rows["tridecode bf16"] = bench_tridecode(d, args.context, args.runs)
+        rows["tridecode bf16, fp32 compute"] = bench_tridecode(d, args.context, args.runs, compute_dtype="float32")
+        rows["tridecode int8"] = bench_tridecode(d, args.context, args.runs, dtype="int8")
+        rows["tridecode fp32 weights"] = bench_tridecode(d, args.context, args.runs, dtype="float32")
+        rows["torch fp32"] = (*bench_torch(d, torch.float32, args.context, args.runs), elems * 4)
         if not args.skip_torch_bf16:
-            t16 = bench_torch(d, torch.bfloat16, args.context, args.runs)
-            rows.append(("torch bf16", t16[0], t16[1], elems * 2))
+            rows["torch bf16"] = (*bench_torch(d, torch.bfloat16, args.context, args.runs), elems * 2)
+        if args.llama_cpp:
+            rows.update(bench_llama_cpp(args.llama_cpp, d, args, elems))
+        agree = int8_agreement(d)
+        contention = None if args.skip_contention else bench_contention(d, args)
+        # the machine's best read rate (measured before and after the rows: a shared host varies)
+        bw = max(bw, measure_read_bandwidth(torch))
 
-    base_decode, base_chunk = t32
+    paths = tridecode._C.cpu_paths()
     print(f"model: hidden {args.hidden}, layers {args.layers}, heads {args.heads}/{args.kv_heads}x{args.head_dim}, "
           f"MLP {args.intermediate}, vocab {args.vocab}; {elems / 1e6:.1f}M weights read per forward; "
-          f"context {args.context}; threads {args.threads}; cpu kernels {tridecode._C.cpu_isa()}")
-    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s")
-    print(f"{'':28s} {'decode ms':>10s} {'floor ms':>9s} {'x floor':>8s} {'vs torch':>9s} "
-          f"{'32-chunk ms':>12s} {'vs torch':>9s}")
-    for name, dec, chk, nbytes in rows:
+          f"context {args.context}; threads {args.threads}")
+    print(f"cpu: {cpu_name()}; tridecode kernels {paths['kernels']} (bf16: {paths['bf16']}, int8: {paths['int8']})")
+    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s (the better of a multi-threaded sum before and after)")
+    print(f"{'':30s} {'decode ms':>10s} {'floor ms':>9s} {'x floor':>8s} {'32-chunk ms':>12s} {'x floor':>8s} "
+          f"{'chunk/decode':>13s}")
+    for name, (dec, chk, nbytes) in rows.items():
         floor = nbytes / bw * 1e3
-        print(f"{name:28s} {dec:10.2f} {floor:9.2f} {dec / floor:8.2f} {base_decode / dec:8.2f}x "
-              f"{chk:12.2f} {base_chunk / chk:8.2f}x")
-    print("(vs torch = torch fp32 time / this row's time; floor = weight bytes / measured read bandwidth)")
+        print(f"{name:30s} {dec:10.2f} {floor:9.2f} {dec / floor:8.2f} {chk:12.2f} {chk / floor:8.2f} "
+              f"{chk / dec:13.2f}")
+    print("(floor = bytes one forward reads / measured read bandwidth; llama.cpp: llama-bench tg16 and pp32 at "
+          f"depth {args.context})")
+    print(f"int8 vs bf16 top-1 agreement over {agree[1]} positions: {agree[0]:.4f}; mean |logit error| "
+          f"{agree[2]:.4f} (logit std {agree[3]:.3f})")
+    if contention:
+        print("generate (AR, 16 tokens after 64), ms per token:")
+        for label, (one, many) in contention.items():
+            print(f"  {label:34s} 1 thread {one:8.2f}   {args.threads} threads {many:8.2f}   ratio {many / one:5.2f}")
+    print(targets(rows, bw, agree, contention, paths))
     return rows
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def has_amx() -> bool:
+    try:
+        return " amx_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def targets(rows, bw, agree, contention, paths) -> str:
+    """The issue's targets, each with its numbers (MET / MISSED; '-' where its peer row is absent)."""
+    out = ["targets:"]
+
+    def line(ok, text):
+        out.append(f"  {'-' if ok is None else 'MET' if ok else 'MISSED':7s} {text}")
+
+    def floor(name):
+        return rows[name][2] / bw * 1e3
+
+    b = rows["tridecode bf16"]
+    line(b[0] <= 1.15 * floor("tridecode bf16"), f"bf16 decode <= 1.15x floor: {b[0] / floor('tridecode bf16'):.2f}x")
+    for peer in ("llama.cpp bf16", "llama.cpp f16"):
+        line(None if peer not in rows else b[0] < rows[peer][0], f"bf16 decode faster than {peer}: "
+             + (f"{b[0]:.2f} vs {rows[peer][0]:.2f} ms" if peer in rows else "not measured"))
+    t = rows.get("torch bf16")
+    line(None if t is None else b[1] <= t[1], "32-chunk no slower than torch bf16: "
+         + (f"{b[1]:.2f} vs {t[1]:.2f} ms" if t else "not measured"))
+    if has_amx():
+        line(b[1] <= 2.5 * b[0], f"(AMX) 32-chunk <= 2.5x decode: {b[1] / b[0]:.2f}x")
+    i = rows["tridecode int8"]
+    line(i[0] <= 1.2 * floor("tridecode int8"), f"int8 decode <= 1.2x its floor: {i[0] / floor('tridecode int8'):.2f}x")
+    q = rows.get("llama.cpp q8_0")
+    line(None if q is None else i[0] <= q[0], "int8 decode no slower than llama.cpp q8_0: "
+         + (f"{i[0]:.2f} vs {q[0]:.2f} ms" if q else "not measured"))
+    line(agree[0] >= 0.99, f"int8 top-1 agreement >= 99%: {100 * agree[0]:.2f}%")
+    if contention:
+        one, many = contention["busy cores"]
+        line(many <= 1.1 * one, f"busy cores: default threads <= 1.1x one thread: {many / one:.2f}x")
+        one, many = contention["free cores"]
+        line(many < one, f"free cores: default threads faster than one: {one / many:.2f}x speed-up")
+    return "\n".join(out)
+
+
+def int8_agreement(path, positions=1024, seed=0):
+    """(top-1 agreement, positions, mean |logit diff|, logit std) of int8 vs bf16 over random tokens."""
+    import tridecode
+
+    ref = tridecode.load(path, max_context=positions)
+    q = tridecode.load(path, dtype="int8", max_context=positions)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, ref.config.vocab_size, positions).tolist()
+    a, b = ref.forward(ids), q.forward(ids)
+    return float((a.argmax(-1) == b.argmax(-1)).mean()), positions, float(np.abs(a - b).mean()), float(a.std())
+
+
+_CONTENTION_CHILD = r"""
+import statistics, sys, time
+import tridecode
+path, threads, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+m = tridecode.load(path, max_context=256)
+prompt = list(range(3, 67))
+def per_token(n):
+    tridecode.set_num_threads(n)
+    t0 = time.perf_counter()
+    m.generate(prompt, max_new_tokens=16, eos_token_id=[])
+    return (time.perf_counter() - t0) * 1e3 / 16
+per_token(1); per_token(threads)
+one, many = [], []
+for _ in range(rounds):          # interleaved, so a noisy neighbour hits both alike
+    one.append(per_token(1))
+    many.append(per_token(threads))
+print(statistics.median(one), statistics.median(many))
+"""
+
+
+def bench_contention(path, args, rounds=5):
+    """ms per generated token (AR, 16 tokens after 64) at 1 thread and at args.threads, alternating, in a fresh
+    process (no torch threads beside it): on free cores, then with one spinning process per core."""
+    import subprocess
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", _CONTENTION_CHILD, path, str(args.threads), str(rounds)],
+                           check=True, capture_output=True, text=True)
+        one, many = r.stdout.split()[-2:]
+        return float(one), float(many)
+
+    out = {"free cores": run()}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        out["busy cores"] = run()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    return out
+
+
+def bench_llama_cpp(tree, path, args, elems):
+    """llama.cpp rows: the checkpoint written as a bf16 GGUF, quantized to f16 and q8_0 by llama-quantize,
+    each timed by llama-bench (decode = 1000 / tg16 tokens/s, chunk = 32 tokens / pp32 tokens/s)."""
+    import subprocess
+
+    sys.path.insert(0, os.path.join(tree, "gguf-py"))
+    import gguf
+
+    bin_dir = os.path.join(tree, "build", "bin")
+    src = os.path.join(path, "model-bf16.gguf")
+    write_gguf(gguf, path, src, args)
+    files = {"bf16": (src, elems * 2), "f16": (os.path.join(path, "model-f16.gguf"), elems * 2),
+             "q8_0": (os.path.join(path, "model-q8_0.gguf"), elems * 34 // 32)}
+    for kind in ("f16", "q8_0"):
+        subprocess.run([os.path.join(bin_dir, "llama-quantize"), src, files[kind][0], kind.upper()], check=True,
+                       capture_output=True)
+    rows = {}
+    for kind, (f, nbytes) in files.items():
+        r = subprocess.run([os.path.join(bin_dir, "llama-bench"), "-m", f, "-p", "32", "-n", "16", "-d",
+                            str(args.context), "-t", str(args.threads), "-r", str(max(3, args.runs // 3)),
+                            "-o", "json"], check=True, capture_output=True, text=True)
+        res = json.loads(r.stdout)
+        tg = next(e["avg_ts"] for e in res if e["n_gen"] > 0)
+        pp = next(e["avg_ts"] for e in res if e["n_prompt"] > 0)
+        rows[f"llama.cpp {kind}"] = (1e3 / tg, 32 / pp * 1e3, nbytes)
+    return rows
+
+
+def write_gguf(gguf, path, out, args):
+    """The safetensors checkpoint at path as a llama-architecture bf16 GGUF (same tensors, same bytes)."""
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        base = 8 + n
+    raw = np.memmap(os.path.join(path, "model.safetensors"), dtype=np.uint8, mode="r")
+
+    def tensor(name):
+        info = header[name]
+        a, b = info["data_offsets"]
+        return np.asarray(raw[base + a:base + b]).view(np.uint16).reshape(info["shape"])
+
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_context_length(4096)
+    w.add_embedding_length(args.hidden)
+    w.add_block_count(args.layers)
+    w.add_feed_forward_length(args.intermediate)
+    w.add_head_count(args.heads)
+    w.add_head_count_kv(args.kv_heads)
+    w.add_key_length(args.head_dim)
+    w.add_value_length(args.head_dim)
+    w.add_rope_freq_base(1e6)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(args.vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<t{i}>".encode() for i in range(args.vocab)])
+    w.add_token_scores([0.0] * args.vocab)
+    w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (args.vocab - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    bf16 = gguf.GGMLQuantizationType.BF16
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                 "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down"}
+    for i in range(args.layers):
+        for hf, gg in per_layer.items():
+            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+    for hf, gg in names.items():
+        a = tensor(hf)
+        if a.ndim == 1:   # norms as fp32, as llama.cpp's converter writes them
+            w.add_tensor(gg, (a.astype(np.uint32) << 16).view(np.float32))
+        else:
+            w.add_tensor(gg, a, raw_dtype=bf16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 if __name__ == "__main__":

@@ -101,6 +101,38 @@ def run_mode(model, prompts, label, ar_outputs, **kwargs):
     }
 
 
+def forward_costs(model, L, context=64, runs=30):
+    """Median ms of one forward over `context` cached tokens: a 1-token decode step (the sampler head on its
+    row), and an L-token block, causal (a verify) and bidirectional (a diffusion step, not cached)."""
+    ids = [5] * context
+
+    def timed(fn):
+        ts = []
+        for _ in range(runs + 3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts[3:])) * 1e3
+
+    model.reset()
+    model.forward(ids, logits="last")
+
+    def decode():
+        model.forward_select([7], logits="last")
+        model.crop(context)
+
+    def verify():
+        model.forward_select([7] * L)
+        model.crop(context)
+
+    def diffuse():
+        model.forward_select([7] * L, mode="bidirectional", write_cache=False)
+
+    out = {"decode": timed(decode), "block causal": timed(verify), "block bidirectional": timed(diffuse)}
+    model.reset()
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", metavar="MODEL_DIR")
@@ -131,8 +163,10 @@ def main(argv=None):
 
     ar = [model.generate(p, mode="ar", **no_eos).tokens for p in prompts]
     rows = []
+    costs = {}
     for k, threads in enumerate(counts):   # every mode timed at each thread count, AR in the same run
         tridecode.set_num_threads(threads)
+        costs[threads] = forward_costs(model, L)
         for i, (label, kw) in enumerate(modes):
             r = run_mode(model, prompts, label, ar, **kw, **no_eos)
             if k == 0:
@@ -155,6 +189,22 @@ def main(argv=None):
     print("(TPF = tokens / forwards incl. prefill; accept = mean tokens per self-spec cycle; agree = fraction of "
           "positions equal to AR greedy; loglik = mean log-probability of the output under the model's AR; "
           "distinct = distinct tokens / tokens per output)")
+    print(f"per-forward cost over 64 cached tokens, ms (block = {L} tokens):")
+    for t, c in costs.items():
+        print(f"  {t} thread(s): decode {c['decode']:.3f}, block causal {c['block causal']:.3f} "
+              f"({c['block causal'] / c['decode']:.2f} decode steps), block bidirectional "
+              f"{c['block bidirectional']:.3f} ({c['block bidirectional'] / c['decode']:.2f} decode steps)")
+    print("ceiling of a mode's tokens/s vs AR from these costs: TPF x decode / block (AR's forwards are decode "
+          "steps; diffusion's are bidirectional blocks; self-spec's half drafts, half causal verifies):")
+
+    def block(r, c):
+        if r["mode"].startswith("self-spec"):
+            return (c["block causal"] + c["block bidirectional"]) / 2
+        return c["block bidirectional"]
+
+    for r in rows[1:]:
+        bounds = ", ".join(f"{r['tpf'] * c['decode'] / block(r, c):.2f}x @{t}" for t, c in costs.items())
+        print(f"  {r['mode']:26s} {bounds}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -113,3 +113,25 @@ def test_int8_top1_agrees_with_the_unquantized_model():
         total += a.size
     assert total == 4096
     assert agree / total >= 0.99, f"top-1 agreement {agree / total:.4f}"
+
+
+def test_cli_int8_and_compute_dtype_match_the_api(bf16_dir):
+    import subprocess
+    import sys
+    for flags, kw, path in ((["--dtype", "int8"], dict(dtype="int8"), GOLDEN_DIR),
+                            (["--compute-dtype", "float32"], dict(compute_dtype="float32"), bf16_dir)):
+        out = subprocess.run([sys.executable, "-m", "tridecode", "generate", str(path), "--ids",
+                              ",".join(map(str, PROMPTS[2])), "--max-new-tokens", "12", *flags],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        want = tridecode.load(path, **kw).generate(PROMPTS[2], max_new_tokens=12).tokens
+        assert out.stdout.strip().splitlines()[-1] == ",".join(map(str, want))
+
+
+def test_version_names_the_cpu_paths():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "tridecode", "--version"], capture_output=True, text=True, timeout=60)
+    p = _C.cpu_paths()
+    assert out.returncode == 0
+    assert f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']})" in out.stdout
