@@ -194,8 +194,9 @@ def main(argv=None):
         print(f"  {t} thread(s): decode {c['decode']:.3f}, block causal {c['block causal']:.3f} "
               f"({c['block causal'] / c['decode']:.2f} decode steps), block bidirectional "
               f"{c['block bidirectional']:.3f} ({c['block bidirectional'] / c['decode']:.2f} decode steps)")
-    print("ceiling of a mode's tokens/s vs AR from these costs: TPF x decode / block (AR's forwards are decode "
-          "steps; diffusion's are bidirectional blocks; self-spec's half drafts, half causal verifies):")
+    print("what the forward costs allow (AR's forwards are decode steps; diffusion's are bidirectional blocks; "
+          "self-spec's half drafts, half causal verifies): ceiling = TPF x decode / block; 1.5x AR would need a "
+          "block to cost at most TPF / 1.5 decode steps:")
 
     def block(r, c):
         if r["mode"].startswith("self-spec"):
@@ -203,8 +204,9 @@ def main(argv=None):
         return c["block bidirectional"]
 
     for r in rows[1:]:
-        bounds = ", ".join(f"{r['tpf'] * c['decode'] / block(r, c):.2f}x @{t}" for t, c in costs.items())
-        print(f"  {r['mode']:26s} {bounds}")
+        bounds = ", ".join(f"{r['tpf'] * c['decode'] / block(r, c):.2f}x @{t} (block = {block(r, c) / c['decode']:.2f} "
+                           f"steps)" for t, c in costs.items())
+        print(f"  {r['mode']:26s} ceiling {bounds}; 1.5x needs <= {r['tpf'] / 1.5:.2f} steps")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
