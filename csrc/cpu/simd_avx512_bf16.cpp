@@ -8,8 +8,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include <vector>
-
 #include "cpu/simd_kernels.h"
 
 namespace td::cpu {
@@ -61,54 +59,50 @@ inline float bf16_row(const uint16_t* x, int64_t k, const uint16_t* w) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// The group scales of a tile's rows as fp32 (bf16 bits shifted up), so the products broadcast them from memory.
-template <int NR>
-const float* tile_scales(const uint16_t* const* sc, int64_t groups) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < static_cast<size_t>(NR * groups)) buf.resize(static_cast<size_t>(NR * groups));
-  for (int j = 0; j < NR; ++j)
-    for (int64_t g = 0; g < groups; g += 16) {
-      const int64_t left = groups - g;
-      const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-      const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, sc[j] + g)), 16);
-      _mm512_mask_storeu_ps(buf.data() + j * groups + g, mask, _mm512_castsi512_ps(bits));
-    }
-  return buf.data();
-}
-
 // One group of 32 is one instruction: 16 lanes of int16 pairs. The weights are widened once per group and
-// reused for every row of x.
+// reused for every row of x; scale[j][gi] is group g's scale of row j as fp32.
 template <int MR, int NR, bool kMasked>
-inline void i8_group(const int16_t* x, int64_t k, const int8_t* const* w, const float* scale, int64_t groups,
+inline void i8_group(const int16_t* x, int64_t k, const int8_t* const* w, const float (*scale)[16], int gi,
                      int64_t g, __m512 (&acc)[MR][NR]) {
   const int64_t kk = g * 32;
-  const int64_t left = k - kk;
-  const __mmask32 mask = kMasked ? static_cast<__mmask32>((1u << left) - 1) : ~__mmask32{0};
+  const __mmask32 mask = kMasked ? static_cast<__mmask32>((1u << (k - kk)) - 1) : ~__mmask32{0};
   __m512i wv[NR];
   for (int j = 0; j < NR; ++j)
     wv[j] = _mm512_cvtepi8_epi16(kMasked ? _mm256_maskz_loadu_epi8(mask, w[j] + kk)
                                          : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + kk)));
-  if (MR == 1 && (g & 1) == 0)   // decode: fetch the next tile's rows (they follow these), a line per row
+  if (MR == 1 && NR > 1 && (g & 1) == 0)   // few rows: fetch the next tile's rows (they follow these)
     for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
   for (int i = 0; i < MR; ++i) {
     const __m512i xv = kMasked ? _mm512_maskz_loadu_epi16(mask, x + i * k + kk) : _mm512_loadu_si512(x + i * k + kk);
     for (int j = 0; j < NR; ++j) {
       const __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), xv, wv[j]);
-      acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(scale[j * groups + g]), acc[i][j]);
+      acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(scale[j][gi]), acc[i][j]);
     }
   }
 }
 
+// The scales are widened from bf16 16 groups at a time into a buffer on the stack (no per-call state).
 template <int MR, int NR>
 void i8_tile(const int16_t* x, int64_t k, const int8_t* const* w, const uint16_t* const* sc, float* out,
              int64_t ldo) {
   const int64_t groups = (k + 31) / 32, full = k / 32;
-  const float* scale = tile_scales<NR>(sc, groups);
   __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < full; ++g) i8_group<MR, NR, false>(x, k, w, scale, groups, g, acc);
-  if (full < groups) i8_group<MR, NR, true>(x, k, w, scale, groups, full, acc);
+  alignas(64) float scale[NR][16];
+  for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+    const int ng = groups - g0 < 16 ? static_cast<int>(groups - g0) : 16;
+    const __mmask16 smask = static_cast<__mmask16>((1u << ng) - 1);
+    for (int j = 0; j < NR; ++j)
+      _mm512_store_ps(scale[j], _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(smask, sc[j] + g0)), 16)));
+    for (int gi = 0; gi < ng; ++gi) {
+      if (g0 + gi < full)
+        i8_group<MR, NR, false>(x, k, w, scale, gi, g0 + gi, acc);
+      else
+        i8_group<MR, NR, true>(x, k, w, scale, gi, g0 + gi, acc);
+    }
+  }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
