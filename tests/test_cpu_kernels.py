@@ -171,3 +171,30 @@ def test_openmp_threads_sleep_after_a_region():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr, out.stderr
+
+
+def test_threads_step_aside_when_the_cpus_are_oversubscribed():
+    """With a spinning process on every CPU, large products run on the calling thread alone (a region's
+    threads would otherwise wait a whole time slice for one the scheduler parked); the answer is re-read
+    every few milliseconds."""
+    import time
+    if not os.path.exists("/proc/loadavg") or tridecode.num_threads() < 2:
+        pytest.skip("needs Linux's /proc/loadavg and at least two threads")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        seen = []
+        for _ in range(10):
+            time.sleep(0.005)
+            seen.append(_C.cpu_region_threads())
+        assert seen.count(1) >= 8, seen
+        # and the products still give the same bits on one thread
+        x = rng.standard_normal((5, 300)).astype(np.float32)
+        w = rng.standard_normal((700, 300)).astype(np.float32)
+        busy = ops.matmul(x, w)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    time.sleep(0.1)
+    np.testing.assert_array_equal(busy, ops.matmul(x, w))

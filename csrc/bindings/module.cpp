@@ -12,6 +12,7 @@
 
 #include "core/check.h"
 #include "core/model.h"
+#include "cpu/cpu_backend.h"
 #include "cpu/simd_kernels.h"
 #include "cuda_api.h"
 
@@ -394,6 +395,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("use_cpu_kernels", &td::cpu::use_kernels, py::arg("name"),
         "switches every later CPU product to a kernel set of cpu_kernel_sets() (for parity tests)");
   m.def("num_threads", [] { return omp_get_max_threads(); });
+  m.def("cpu_region_threads", &td::cpu::region_threads,
+        "threads the CPU backend's next large parallel region uses: 1 while the CPUs are oversubscribed");
   m.def("set_num_threads", [](int n) {
     TD_CHECK(n > 0, "[set_num_threads] need at least one thread, got ", n);
     omp_set_num_threads(n);

@@ -21,7 +21,7 @@ void CpuBackend::attention(const AttentionParams& p) {
   const int d = p.head_dim;
   const SimdKernels& K = simd();
   const bool parallel = static_cast<double>(p.n_q) * p.heads * p.kv_len * d >= (1 << 19);
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(parallel ? region_threads() : 1) if (parallel)
   {
     std::vector<float> s(p.kv_len);
     std::vector<float> acc(d);

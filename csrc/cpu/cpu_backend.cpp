@@ -2,7 +2,11 @@
 
 #include <omp.h>
 
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +26,33 @@ Backend& cpu_backend() {
 namespace cpu {
 
 int omp_threads() { return omp_get_max_threads(); }
+
+// Threads for the next parallel region: all of them, unless the machine has more runnable threads than
+// online CPUs (Linux's /proc/loadavg counts them as the kernel schedules), when a region's threads would
+// wait at its end for one the scheduler has parked behind another process, for a whole time slice; then
+// the calling thread works alone. Re-read at most every 2 ms.
+int region_threads() {
+  const int max = omp_get_max_threads();
+  if (max <= 1) return 1;
+  static std::atomic<int64_t> checked_ns{-1};
+  static std::atomic<int> busy{0};
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  const int64_t last = checked_ns.load(std::memory_order_relaxed);
+  if (last < 0 || now - last > 2'000'000) {
+    checked_ns.store(now, std::memory_order_relaxed);
+    int running = 0;
+    if (FILE* f = std::fopen("/proc/loadavg", "r")) {   // "0.50 0.40 0.30 3/215 12345"
+      double a, b, c;
+      int total = 0;
+      if (std::fscanf(f, "%lf %lf %lf %d/%d", &a, &b, &c, &running, &total) != 5) running = 0;
+      std::fclose(f);
+    }
+    static const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    busy.store(cpus > 0 && running > cpus ? 1 : 0, std::memory_order_relaxed);
+  }
+  return busy.load(std::memory_order_relaxed) ? 1 : max;
+}
 int omp_thread_id() { return omp_get_thread_num(); }
 int omp_team_size() { return omp_get_num_threads(); }
 

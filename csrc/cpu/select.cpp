@@ -79,7 +79,7 @@ void CpuBackend::head_select(const float* x, int n, const WeightView& head, cons
   constexpr int kRows = 4;
   // Each thread scans a contiguous vocabulary range (so merging in thread order keeps "lowest id wins").
   const bool parallel = static_cast<double>(n) * vocab * k >= (1 << 20);
-  const int threads = parallel ? std::max(1, omp_threads()) : 1;
+  const int threads = parallel ? std::max(1, region_threads()) : 1;
   std::vector<RowStats> partial(static_cast<size_t>(threads) * n);
 #pragma omp parallel num_threads(threads) if (parallel)
   {

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-context", type=int, default=None,
                    help="KV-cache capacity in tokens (default: min(max_position_embeddings, 4096))")
     g.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8"],
-                   help="convert weights to this dtype at load; int8 quantizes the products' weights per row "
-                        "(CPU only; default: keep the stored dtype)")
+                   help="convert weights to this dtype at load; int8 quantizes the products' weights with a "
+                        "scale per 32 (CPU only; default: keep the stored dtype)")
     g.add_argument("--compute-dtype", default="auto", choices=["auto", "float32"],
                    help="auto: bf16 weights multiply bf16 activations (fp32 sums); float32: fp32 activations "
                         "(CPU only; default: auto)")
