@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -30,7 +31,7 @@ int omp_threads() { return omp_get_max_threads(); }
 // Threads for the next parallel region: all of them, unless the machine has more runnable threads than
 // online CPUs (Linux's /proc/loadavg counts them as the kernel schedules), when a region's threads would
 // wait at its end for one the scheduler has parked behind another process, for a whole time slice; then
-// the calling thread works alone. Re-read at most every 2 ms.
+// the calling thread works alone. Re-read at most every 2 ms; two readings in a row switch it.
 int region_threads() {
   const int max = omp_get_max_threads();
   if (max <= 1) return 1;
@@ -49,7 +50,15 @@ int region_threads() {
       std::fclose(f);
     }
     static const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    busy.store(cpus > 0 && running > cpus ? 1 : 0, std::memory_order_relaxed);
+    // Two readings in a row must agree before the count changes: one of this process's own threads may
+    // still be runnable for a moment after a region, and one reading is not a trend.
+    static std::atomic<int> streak{0};
+    const bool over = cpus > 0 && running > cpus;
+    const int s = over ? std::max(1, streak.load(std::memory_order_relaxed) + 1)
+                       : std::min(-1, streak.load(std::memory_order_relaxed) - 1);
+    streak.store(s, std::memory_order_relaxed);
+    if (s >= 2) busy.store(1, std::memory_order_relaxed);
+    if (s <= -2) busy.store(0, std::memory_order_relaxed);
   }
   return busy.load(std::memory_order_relaxed) ? 1 : max;
 }

@@ -20,8 +20,8 @@ void CpuBackend::matmul(const float* x, int m, const WeightView& w, float* out) 
   // Threads pay off only on real work: a parallel region costs microseconds, and far more when another
   // process holds the other cores, so tiny products stay on the calling thread.
   const bool parallel = static_cast<double>(m) * n * w.cols >= kParallelMinWork;
-  // Dynamic: a thread that the scheduler delays leaves its blocks to the others.
-#pragma omp parallel for schedule(dynamic, 16) num_threads(parallel ? region_threads() : 1) if (parallel)
+  // Static: each thread reads one contiguous stretch of W, front to back (what the prefetchers follow best).
+#pragma omp parallel for schedule(static) num_threads(parallel ? region_threads() : 1) if (parallel)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t r0 = b * kRows;
     in.tile(w, r0, static_cast<int>(std::min<int64_t>(kRows, n - r0)), out + r0, n);
@@ -51,7 +51,7 @@ void CpuBackend::matmul_group(const float* x, int m, const WeightView* const* ws
   }
   const ProductInput in(x, m, *ws[0]);
   const bool parallel = work >= kParallelMinWork;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(parallel ? region_threads() : 1) if (parallel)
+#pragma omp parallel for schedule(static) num_threads(parallel ? region_threads() : 1) if (parallel)
   for (int64_t b = 0; b < blocks; ++b) {
     int i = count - 1;
     while (first[i] > b) --i;
