@@ -139,7 +139,7 @@ void CpuBackend::download(void* dst, const void* src, size_t bytes) { std::memcp
 void CpuBackend::copy(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
 
 void CpuBackend::fill_random(void* dst, DType t, int64_t n, float std, uint64_t seed) {
-#pragma omp parallel for schedule(static) if (n >= (1 << 20))
+#pragma omp parallel for schedule(static) num_threads(region_threads()) if (n >= (1 << 20))
   for (int64_t i = 0; i < n; ++i) {
     const float v = std == 0.0f ? 1.0f : std * normal_from_hash(seed, static_cast<uint64_t>(i));
     if (t == DType::F32) static_cast<float*>(dst)[i] = v;
@@ -166,7 +166,7 @@ void CpuBackend::embed(const WeightView& table, const int32_t* ids, int n, float
 void CpuBackend::rms_norm(const float* x, const WeightView& w, int n, int dim, float eps, float* out) {
   std::vector<float> wf(dim);
   simd().to_f32(w.data, w.dtype, dim, wf.data());
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * dim >= (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(region_threads()) if (static_cast<int64_t>(n) * dim >= (1 << 16))
   for (int i = 0; i < n; ++i) {
     const float* xi = x + static_cast<int64_t>(i) * dim;
     float* oi = out + static_cast<int64_t>(i) * dim;
@@ -185,7 +185,7 @@ void CpuBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* p
   const int half = head_dim / 2;
   TD_CHECK(static_cast<int>(rp.inv_freq.size()) == half, "[rope] inv_freq has ", rp.inv_freq.size(),
            " entries, expected ", half);
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * heads * head_dim >= (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(region_threads()) if (static_cast<int64_t>(n) * heads * head_dim >= (1 << 16))
   for (int i = 0; i < n; ++i) {
     std::vector<float> cs(half), sn(half);
     const float pos = static_cast<float>(positions[i]);
@@ -212,7 +212,7 @@ void CpuBackend::rope(float* x, int n, int heads, int head_dim, const int64_t* p
 }
 
 void CpuBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(region_threads()) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];

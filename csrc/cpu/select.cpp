@@ -59,7 +59,7 @@ void check_select(const SelectParams& sp, int vocab) {
 
 void CpuBackend::select(const float* logits, int n, int vocab, const SelectParams& sp, int32_t* idx, float* conf) {
   check_select(sp, vocab);
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) * vocab >= (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(region_threads()) if (static_cast<int64_t>(n) * vocab >= (1 << 16))
   for (int r = 0; r < n; ++r) {
     RowStats s;
     const float* l = logits + static_cast<int64_t>(r) * vocab;
