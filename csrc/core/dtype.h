@@ -1,5 +1,6 @@
 // Storage dtypes of weights. I8 is symmetric int8 with a bf16 scale per group of 32 along each row
-// (WeightView::scales), made at load time; only the CPU backend multiplies by it. Activations between ops are fp32 on the CPU backend.
+// (WeightView::scales), made at load time; only the CPU backend multiplies by it. Activations between ops
+// are fp32 on the CPU backend.
 // The converters are `static` on purpose: the SIMD kernel files include this header under -mavx2/-mavx512
 // flags, and an ordinary inline function could let the linker keep an AVX-512 copy for every caller.
 #pragma once

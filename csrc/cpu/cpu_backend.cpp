@@ -26,8 +26,6 @@ Backend& cpu_backend() {
 
 namespace cpu {
 
-int omp_threads() { return omp_get_max_threads(); }
-
 // Threads for the next parallel region: all of them, unless the machine has more runnable threads than
 // online CPUs (Linux's /proc/loadavg counts them as the kernel schedules), when a region's threads would
 // wait at its end for one the scheduler has parked behind another process, for a whole time slice; then
@@ -75,12 +73,12 @@ std::vector<SimdKernels> kernel_sets() {
   __builtin_cpu_init();
   if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return sets;
   sets.push_back({"avx2", dot_tile_avx2, to_f32_avx2, dot_avx2, nullptr, "fp32 fma (avx2)", dot_tile_i8_avx2,
-                  "vpmaddubsw (avx2)"});
+                  "vpmaddwd (avx2)"});
   if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")))
     return sets;
   sets.push_back({"avx512", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
-                  dot_tile_i8_avx512, "vpmaddubsw (avx2)"});
+                  dot_tile_i8_avx512, "vpmaddwd (avx2)"});
   if (!__builtin_cpu_supports("avx512vnni")) return sets;
   sets.push_back({"avx512_vnni", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
                   dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)"});

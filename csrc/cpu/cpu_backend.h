@@ -35,7 +35,6 @@ class CpuBackend final : public Backend {
 };
 
 // OpenMP queries, wrapped so files need not include omp.h.
-int omp_threads();     // threads a parallel region would use
 int region_threads();  // threads the next large region should use (1 when the CPUs are oversubscribed)
 int omp_thread_id();   // inside a region
 int omp_team_size();   // inside a region

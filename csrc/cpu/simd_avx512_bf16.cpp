@@ -23,7 +23,7 @@ inline void bf16_step(const uint16_t* x, int64_t k, const uint16_t* const* w, in
   __m512bh wv[NR];
   for (int j = 0; j < NR; ++j)
     wv[j] = kMasked ? load_bh(w[j] + kk, mask) : (__m512bh)_mm512_loadu_si512(w[j] + kk);
-  if (MR == 1)   // decode: the next tile's rows follow these in memory; fetch them while these multiply
+  if (MR == 1 && NR > 1)   // few rows: the next tile's rows follow these in memory; fetch them meanwhile
     for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(w[j] + NR * k + kk), _MM_HINT_T0);
   for (int i = 0; i < MR; ++i) {
     const __m512bh xv = kMasked ? load_bh(x + i * k + kk, mask) : (__m512bh)_mm512_loadu_si512(x + i * k + kk);
@@ -41,22 +41,6 @@ void bf16_tile(const uint16_t* x, int64_t k, const uint16_t* const* w, float* ou
   if (kk < k) bf16_step<MR, NR, true>(x, k, w, kk, acc);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i * ldo + j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-// One weight row against one x row, front to back: the same operations, in the same order, as each output of
-// bf16_tile, so results do not depend on which is used; for m = 1 (decode) the weight stream is the whole
-// cost, and a single ascending stream is what the hardware prefetchers follow best (the 8-row tile reads 8
-// interleaved streams 2 * k bytes apart).
-inline float bf16_row(const uint16_t* x, int64_t k, const uint16_t* w) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t kk = 0;
-  for (; kk + 32 <= k; kk += 32)
-    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(x + kk), (__m512bh)_mm512_loadu_si512(w + kk));
-  if (kk < k) {
-    const __mmask32 mask = static_cast<__mmask32>((1u << (k - kk)) - 1);
-    acc = _mm512_dpbf16_ps(acc, load_bh(x + kk, mask), load_bh(w + kk, mask));
-  }
-  return _mm512_reduce_add_ps(acc);
 }
 
 // One group of 32 is one instruction: 16 lanes of int16 pairs. The weights are widened once per group and
@@ -131,8 +115,8 @@ void rows_by_shape(int m, int nr, Tile1x8 t18, Tile4x4 t44, Tile1x4 t14, Rest re
 void dot_tile_bf16_avx512bf16(const uint16_t* x, int m, int64_t k, const void* const* w_rows, int nr, float* out,
                               int64_t ldo) {
   const uint16_t* const* w = reinterpret_cast<const uint16_t* const*>(w_rows);
-  if (m == 1) {
-    for (int j = 0; j < nr; ++j) out[j] = bf16_row(x, k, w[j]);
+  if (m == 1) {   // decode: one weight row at a time, one ascending stream (the prefetchers' best case)
+    for (int j = 0; j < nr; ++j) bf16_tile<1, 1>(x, k, w + j, out + j, ldo);
     return;
   }
   rows_by_shape(
