@@ -182,7 +182,7 @@ def test_the_same_requests_with_valid_values_run(model, mode):
             assert 1 <= len(_call(model, mode, kw).tokens) <= 8
 
 
-@pytest.mark.parametrize("mode", ["self_spec", "self-spec", "selfspec", "spec"])
+@pytest.mark.parametrize("mode", ["self_spec", "self-spec"])
 def test_use_lora_without_an_adapter(model_nolora, monkeypatch, mode):
     counter = ForwardCounter(model_nolora, monkeypatch)
     with pytest.raises(ValueError, match=r"use_lora=True but no LoRA adapter is attached"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import queue
 import threading
 
 import numpy as np
@@ -13,11 +14,11 @@ from . import _check as check
 from .config import ModelConfig
 from .errors import ArgumentTypeError
 from .generate import ar_generate, diffusion_generate, self_spec_generate
-from .result import GenerateResult
+from .generate.common import Emitter
+from .params import DEFAULTS, MODES, normalize_mode
+from .result import GenerateResult, StreamChunk
 from .sampling import Sampler, SamplingParams
-
-MODES = ("ar", "diffusion", "self_spec")
-_MODE_ALIASES = {"self-spec": "self_spec", "selfspec": "self_spec", "spec": "self_spec"}
+from .text import TextTracker, check_stop
 _DEFAULT = object()   # distinguishes "threshold not given" from threshold=None (the fixed schedule)
 
 
@@ -261,15 +262,16 @@ class Model:
         ids = eos_token_id if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
         return frozenset(check.integer("generate: eos_token_id", e, 0, self.config.vocab_size - 1) for e in ids)
 
-    @_locked
-    def generate(self, prompt, mode: str = "ar", max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 eos_token_id=None, block_length: int | None = None, threshold=_DEFAULT,
-                 steps: int | None = None, draft_threshold: float = 0.0, use_lora: bool | None = None,
-                 on_tokens=None) -> GenerateResult:
+    def generate(self, prompt, mode: str = DEFAULTS["mode"], max_new_tokens: int = DEFAULTS["max_new_tokens"],
+                 temperature: float = DEFAULTS["temperature"], top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, eos_token_id=None, block_length: int | None = None, threshold=_DEFAULT,
+                 steps: int | None = None, draft_threshold: float = DEFAULTS["draft_threshold"],
+                 use_lora: bool | None = None, on_tokens=None, stop=None, logprobs: bool = False, on_chunk=None,
+                 cancel=None) -> GenerateResult:
         """Generates from a prompt (token ids, or text when the checkpoint has a tokenizer).
 
-        mode: "ar" (autoregressive), "diffusion" (block diffusion) or "self_spec" (linear self-speculation).
+        mode: "ar" (autoregressive), "diffusion" (block diffusion) or "self_spec" (linear self-speculation;
+            "self-spec" is accepted too).
         max_new_tokens: a hard cap in every mode.
         temperature: 0 is greedy. Otherwise AR samples from softmax(logits / temperature) (with optional
             top_k / top_p); diffusion and self-spec use Gumbel-max sampling. Reproducible for a given seed.
@@ -280,14 +282,80 @@ class Model:
         draft_threshold: self-spec; 0 drafts the whole block in one forward, > 0 iterates (commit every
             draft with confidence >= draft_threshold, at least one per forward).
         use_lora: self-spec; apply the attached LoRA drafter to draft passes (default: when attached).
+        stop: a string or list of strings (needs a tokenizer). The output ends at the token that completes
+            the first match; result.text ends before it. Found wherever it falls: inside a token, across
+            tokens, inside a block that diffusion or self-spec committed at once.
+        logprobs: also return result.logprobs, each token's log-probability in the forward that chose it.
         on_tokens: called with each run of newly committed tokens, as they are committed (streaming).
+        on_chunk: called with a StreamChunk (text, tokens, logprobs) per committed run; the chunks' texts
+            add up to result.text (see also `stream`).
+        cancel: a threading.Event; once set, generation ends after the current forward and the result holds
+            what was committed, with finish_reason "cancelled".
         """
-        if isinstance(mode, str):
-            mode = _MODE_ALIASES.get(mode, mode)
-        if mode not in MODES:
-            raise ValueError(f"generate: unknown mode {mode!r} (available: {', '.join(MODES)})")
+        return self._execute(self._prepare(prompt, mode=mode, max_new_tokens=max_new_tokens,
+                                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                           eos_token_id=eos_token_id, block_length=block_length,
+                                           threshold=threshold, steps=steps, draft_threshold=draft_threshold,
+                                           use_lora=use_lora, on_tokens=on_tokens, stop=stop, logprobs=logprobs,
+                                           on_chunk=on_chunk, cancel=cancel))
+
+    def stream(self, prompt, **kwargs) -> "TokenStream":
+        """Generates in a background thread and returns an iterator of StreamChunk (text, tokens, logprobs),
+        one per committed run; arguments as generate() (bad ones raise here, not while iterating). After the
+        iterator is exhausted, `.result` is the GenerateResult. Closing it (or leaving a `with` block, or
+        breaking out of a for loop and dropping it) cancels the generation."""
+        for name in ("on_chunk", "cancel"):
+            if name in kwargs:
+                raise ValueError(f"stream: {name} is stream's own; pass it to generate() instead")
+        if getattr(self.lock, "_is_owned", lambda: False)():
+            # The generating thread would wait for the lock this thread holds while this one waits for it.
+            raise RuntimeError("stream: this thread holds model.lock, so the stream could never run; call "
+                               "generate(..., on_chunk=...) inside the lock instead")
+        return TokenStream(self, self._prepare(prompt, **kwargs))
+
+    def chat(self, messages, **kwargs) -> GenerateResult:
+        """Generates the assistant's reply to a conversation: `messages` (a list of {"role", "content"}) are
+        rendered by the checkpoint's chat template with add_generation_prompt=True, as Hugging Face does;
+        other arguments as generate(). result.text is the reply."""
+        return self.generate(self._chat_prompt(messages), **kwargs)
+
+    def stream_chat(self, messages, **kwargs) -> "TokenStream":
+        """chat() as a stream (see `stream`)."""
+        return self.stream(self._chat_prompt(messages), **kwargs)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        """The conversation as the checkpoint's chat template renders it (the prompt chat() generates from)."""
+        from . import chat
+
+        if self.tokenizer is None:
+            raise ValueError(f"{self.directory}: the checkpoint has no tokenizer.json, so no chat")
+        template = chat.find_template(self.directory)
+        return chat.render(template, messages, check.flag("apply_chat_template: add_generation_prompt",
+                                                          add_generation_prompt),
+                           chat.special_tokens(self.directory, self.tokenizer))
+
+    def _chat_prompt(self, messages) -> list:
+        # The template writes the special tokens itself (BOS included): the tokenizer must not add them again.
+        return self.tokenizer.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+    def _prepare(self, prompt, mode=DEFAULTS["mode"], max_new_tokens=DEFAULTS["max_new_tokens"],
+                 temperature=DEFAULTS["temperature"], top_k=None, top_p=None, seed=None, eos_token_id=None,
+                 block_length=None, threshold=_DEFAULT, steps=None, draft_threshold=DEFAULTS["draft_threshold"],
+                 use_lora=None, on_tokens=None, stop=None, logprobs=False, on_chunk=None, cancel=None):
+        """Checks every argument of a generate call; returns the call ready to run (see _execute)."""
+        try:
+            mode = normalize_mode(mode)
+        except ValueError as e:
+            raise ValueError(f"generate: {e}") from None
         max_new_tokens = check.integer("generate: max_new_tokens", max_new_tokens, 1)
         on_tokens = check.callback("generate: on_tokens", on_tokens)
+        on_chunk = check.callback("generate: on_chunk", on_chunk)
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise ArgumentTypeError(f"generate: cancel must be a threading.Event, got {type(cancel).__name__}")
+        logprobs = check.flag("generate: logprobs", logprobs)
+        stop = check_stop(stop)
+        if stop and self.tokenizer is None:
+            raise ValueError(f"generate: stop strings need a tokenizer, and {self.directory} has no tokenizer.json")
         text_in = isinstance(prompt, str)
         ids = self._ids(self.encode(prompt) if text_in else prompt, "prompt", allow_mask=False)
         params = SamplingParams(temperature, top_k, top_p, seed)
@@ -303,7 +371,10 @@ class Model:
                 raise ValueError(f"generate: {bad} applies to diffusion / self_spec, not mode 'ar'")
             if threshold is not _DEFAULT or not _is_zero(draft_threshold):
                 raise ValueError("generate: threshold / draft_threshold apply to diffusion / self_spec, not 'ar'")
-            result = ar_generate(self, ids, max_new_tokens, self._ar_picker(params, seed), eos, on_tokens)
+            picker = self._ar_picker(params, seed)
+
+            def run(out):
+                return ar_generate(self, ids, out, picker)
         else:
             L = self._check_parallel_mode(mode, top_k, top_p, block_length)
 
@@ -314,12 +385,32 @@ class Model:
 
             if mode == "diffusion":
                 thr, n_steps = self._diffusion_schedule(L, threshold, steps, use_lora, draft_threshold)
-                result = diffusion_generate(self, ids, max_new_tokens, L, thr, n_steps, selector, eos, on_tokens)
+
+                def run(out):
+                    return diffusion_generate(self, ids, out, L, thr, n_steps, selector)
             else:
                 dt, lora_on = self._self_spec_drafting(threshold, steps, draft_threshold, use_lora)
-                result = self_spec_generate(self, ids, max_new_tokens, L, dt, lora_on, selector, eos, on_tokens)
-        if self.tokenizer is not None:
-            result.text = self.tokenizer.decode(result.tokens)
+
+                def run(out):
+                    return self_spec_generate(self, ids, out, L, dt, lora_on, selector)
+
+        def emitter(stream_chunk=None, stream_cancel=None):
+            text = TextTracker(self.tokenizer, stop) if self.tokenizer is not None else None
+            return Emitter(max_new_tokens, eos, on_tokens, text=text, on_chunk=on_chunk or stream_chunk,
+                           logprobs=logprobs, cancel=cancel or stream_cancel)
+        return _Prepared(run, emitter, len(ids))
+
+    @_locked
+    def _execute(self, job: "_Prepared", stream_chunk=None, stream_cancel=None) -> GenerateResult:
+        """Runs a prepared call; stream() passes its own chunk callback and cancel event."""
+        out = job.emitter(stream_chunk, stream_cancel)
+        result = job.run(out)
+        result.finish_reason = out.finish()
+        result.prompt_tokens = job.prompt_tokens
+        result.logprobs = out.logprobs
+        if out.text is not None:
+            result.text = out.text.text
+            result.stop_string = out.text.stop_string
         return result
 
     # ---- parameter checks of generate(), one per mode ----
@@ -328,11 +419,18 @@ class Model:
         when top_k / top_p filter the distribution."""
         if params.top_k is None and params.top_p is None:
             def picker(chunk, stream):
-                return int(self.forward_select(chunk, "causal", logits="last", temperature=params.temperature,
-                                               seed=seed, stream=stream)[0][0])
+                idx, conf = self.forward_select(chunk, "causal", logits="last", temperature=params.temperature,
+                                                seed=seed, stream=stream)
+                return int(idx[0]), float(conf[0])
             return picker
         sampler = Sampler(params, self.config.mask_token_id)
-        return lambda chunk, stream: sampler(self.forward(chunk, "causal", logits="last")[-1])
+
+        def sampled(chunk, stream):
+            logits = self.forward(chunk, "causal", logits="last")[-1]
+            tok = sampler(logits)
+            z = logits.astype(np.float64) - float(logits.max())   # the sampler head's confidence, in numpy
+            return tok, float(np.exp(z[tok]) / np.exp(z).sum())
+        return sampled
 
     def _check_parallel_mode(self, mode, top_k, top_p, block_length) -> int:
         """Checks shared by diffusion and self_spec; returns the block length."""
@@ -383,3 +481,71 @@ class Model:
         return (f"tridecode.Model({c.model_type}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"heads={c.num_attention_heads}/{c.num_key_value_heads}x{c.head_dim}, vocab={c.vocab_size}, "
                 f"device={self.device}, max_context={self.max_context})")
+
+
+class _Prepared:
+    """A checked generate call: run(emitter) -> GenerateResult, and the emitter factory."""
+
+    def __init__(self, run, emitter, prompt_tokens: int):
+        self.run, self.emitter, self.prompt_tokens = run, emitter, prompt_tokens
+
+
+class TokenStream:
+    """The iterator `Model.stream` returns (see there)."""
+
+    _END = object()
+
+    def __init__(self, model: Model, job: _Prepared):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()   # unbounded: the generating thread never waits
+        self._cancel = threading.Event()
+        self._result = None
+        self._error = None
+        self._finished = False
+        self._thread = threading.Thread(target=self._work, args=(model, job), name="tridecode-stream", daemon=True)
+        self._thread.start()
+
+    def _work(self, model, job) -> None:
+        try:
+            self._result = model._execute(job, self._queue.put, self._cancel)
+        except BaseException as e:   # handed to the consumer, who sees it on next()
+            self._error = e
+        finally:
+            self._queue.put(self._END)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> StreamChunk:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._END:
+            self._finished = True
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return item
+
+    @property
+    def result(self) -> GenerateResult:
+        """The GenerateResult; waits for the generation to end (after close(): what was committed)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def close(self) -> None:
+        """Cancels the generation (it ends after the current forward) and waits for it."""
+        self._cancel.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self._cancel.set()
+

@@ -4,11 +4,29 @@ from dataclasses import dataclass
 
 
 @dataclass
+class StreamChunk:
+    """One run of newly committed output: its text (held back while it could still be the start of a stop
+    string, so the chunks' texts add up to the result's text), its token ids, and their log-probabilities
+    when logprobs=True (else None). The last chunk of a generation may carry text and no tokens."""
+
+    text: str
+    tokens: list
+    logprobs: list | None = None
+
+
+@dataclass
 class GenerateResult:
     """What every generate mode returns.
 
     tokens: the new tokens only (the prompt excluded), at most max_new_tokens, ending at the first EOS when
-        one was produced.
+        one was produced, or at the token that completed a stop string.
+    text: the decoded output when the checkpoint has a tokenizer, ending before the first stop string.
+    finish_reason: "stop" (EOS or a stop string), "length" (max_new_tokens) or "cancelled" (the cancel
+        event was set).
+    stop_string: the stop string that ended the output, if one did.
+    logprobs: with logprobs=True, the natural log of the probability each token had in the softmax of the
+        logits of the forward that chose it (temperature and top_k / top_p not applied).
+    prompt_tokens: the prompt's length in tokens.
     nfe: the forward count as the reference implementation reports it for this mode (AR: one per token;
         diffusion: denoising + commit forwards, prefill excluded; self-spec: every forward).
     forwards: every model forward, the prefill included (comparable across modes).
@@ -26,6 +44,10 @@ class GenerateResult:
     steps_per_block: list | None = None
     accepted_per_cycle: list | None = None
     drafts_per_cycle: list | None = None
+    finish_reason: str = "length"
+    stop_string: str | None = None
+    logprobs: list | None = None
+    prompt_tokens: int = 0
 
     @property
     def tokens_per_forward(self) -> float:

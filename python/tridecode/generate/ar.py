@@ -12,18 +12,18 @@ from ..result import GenerateResult
 from .common import Emitter
 
 
-def ar_generate(model, prompt, max_new_tokens, picker, eos_ids, on_tokens=None) -> GenerateResult:
-    """picker(ids, stream) runs one causal forward that writes the cache and returns the next token."""
+def ar_generate(model, prompt, out: Emitter, picker) -> GenerateResult:
+    """picker(ids, stream) runs one causal forward that writes the cache and returns (the next token, the
+    probability it had)."""
     model.reset()
-    model.check_room(len(prompt) + max_new_tokens - 1)   # the last token is never fed back
+    model.check_room(len(prompt) + out.max_new - 1)   # the last token is never fed back
     start = time.perf_counter()
-    out = Emitter(max_new_tokens, eos_ids, on_tokens)
     forwards = 0
     ids = prompt
     while True:
-        tok = picker(ids, forwards)
+        tok, conf = picker(ids, forwards)
         forwards += 1
-        out.emit([tok])
+        out.emit([tok], [conf])
         if out.done:
             break
         ids = [tok]

@@ -24,15 +24,14 @@ from ..result import GenerateResult
 from .common import Emitter, first_eos
 
 
-def diffusion_generate(model, prompt, max_new_tokens, block_length, threshold, steps, selector, eos_ids,
-                       on_tokens=None) -> GenerateResult:
+def diffusion_generate(model, prompt, out: Emitter, block_length, threshold, steps, selector) -> GenerateResult:
     L = block_length
     mask = model.config.mask_token_id
-    blocks = math.ceil(max_new_tokens / L)
+    eos_ids = out.eos_ids
+    blocks = math.ceil(out.max_new / L)
     model.reset()
     model.check_room(len(prompt) + blocks * L)
     start = time.perf_counter()
-    out = Emitter(max_new_tokens, eos_ids, on_tokens)
     forwards = 0
 
     def run(ids, causal, rows):
@@ -41,21 +40,27 @@ def diffusion_generate(model, prompt, max_new_tokens, block_length, threshold, s
         forwards += 1
         return idx, conf
 
-    seed = int(run(prompt, True, "last")[0][0])
+    seed_idx, seed_conf = run(prompt, True, "last")
+    seed, seed_conf = int(seed_idx[0]), float(seed_conf[0])
     steps_per_block = []
     schedule = fixed_schedule(L - 1, steps) if threshold is None else None
     while not out.done:
         need = min(L, out.remaining)        # slots of this block that will be returned
         x = np.full(L, mask, np.int32)
         x[0] = seed
+        chosen = np.zeros(L, np.float32)     # the probability each slot was committed with
+        chosen[0] = seed_conf
         masked = np.ones(L, np.uint8)
         masked[0] = 0
         n_steps = 0
         while masked.any() and n_steps < L:
             idx, conf = run(x, False, "all")
+            if out.cancelled:
+                break
             k = schedule[n_steps] if schedule is not None else -1
             commit = _C.select_commits(conf, masked, 0.0 if threshold is None else threshold, k).astype(bool)
             x[commit] = idx[commit]
+            chosen[commit] = conf[commit]
             masked[commit] = 0
             n_steps += 1
             e = first_eos(np.where(masked, -1, x).tolist(), eos_ids)
@@ -63,9 +68,12 @@ def diffusion_generate(model, prompt, max_new_tokens, block_length, threshold, s
                 break
             if not masked[:need].any():
                 break
+        if out.cancelled:
+            break
         steps_per_block.append(n_steps)
-        seed = int(run(x, True, "last")[0][0])   # commits the block's K/V
-        out.emit(x[:need].tolist())
+        seed_idx, seed_conf = run(x, True, "last")   # commits the block's K/V
+        seed, seed_conf = int(seed_idx[0]), float(seed_conf[0])
+        out.emit(x[:need].tolist(), chosen[:need].tolist())
     seconds = time.perf_counter() - start
     return GenerateResult(tokens=out.tokens, mode="diffusion", nfe=forwards - 1, forwards=forwards,
                           seconds=seconds, stopped_on_eos=out.stopped_on_eos,

@@ -18,16 +18,16 @@ from ..result import GenerateResult
 from .common import Emitter
 
 
-def self_spec_generate(model, prompt, max_new_tokens, block_length, draft_threshold, use_lora, selector,
-                       eos_ids, on_tokens=None) -> GenerateResult:
+def self_spec_generate(model, prompt, out: Emitter, block_length, draft_threshold, use_lora,
+                       selector) -> GenerateResult:
     L = block_length
+    max_new_tokens = out.max_new
     mask = model.config.mask_token_id
     model.reset()
     # A cycle runs only while fewer than max_new_tokens are out, so its block starts at most at
     # prompt + max_new_tokens - 2 (the pending token is not cached) and writes L rows from there.
     model.check_room(len(prompt) + (max_new_tokens - 2 + L if max_new_tokens > 1 else 0))
     start = time.perf_counter()
-    out = Emitter(max_new_tokens, eos_ids, on_tokens)
     forwards = 0
 
     def run(ids, causal, last_only=False, lora=False):
@@ -37,8 +37,9 @@ def self_spec_generate(model, prompt, max_new_tokens, block_length, draft_thresh
         forwards += 1
         return res
 
-    pending = int(run(prompt, True, last_only=True)[0][0])
-    out.emit([pending])
+    idx, conf = run(prompt, True, last_only=True)
+    pending = int(idx[0])
+    out.emit([pending], [conf[0]])
     accepted, drafts_per_cycle = [], []
     while not out.done:
         base = model.cache_length
@@ -47,7 +48,7 @@ def self_spec_generate(model, prompt, max_new_tokens, block_length, draft_thresh
         masked = np.ones(L, np.uint8)
         masked[0] = 0
         drafts = 0
-        while masked.any():
+        while masked.any() and not out.cancelled:
             idx, conf = run(block, False, lora=use_lora)
             drafts += 1
             if draft_threshold > 0:
@@ -56,11 +57,13 @@ def self_spec_generate(model, prompt, max_new_tokens, block_length, draft_thresh
                 commit = masked.astype(bool)
             block[commit] = idx[commit]
             masked[commit] = 0
-        target, _ = run(block, True)                 # verify: writes the block's L K/V
+        if out.cancelled:
+            break
+        target, tconf = run(block, True)             # verify: writes the block's L K/V
         c = _C.accept_length(block, target)
         model.crop(base + c + 1)                     # keep pending + c matched drafts
         pending = int(target[c])
-        out.emit(target[: c + 1].tolist())
+        out.emit(target[: c + 1].tolist(), tconf[: c + 1].tolist())
         accepted.append(c + 1)
         drafts_per_cycle.append(drafts)
     seconds = time.perf_counter() - start
