@@ -336,7 +336,8 @@ class Model:
 
     def _chat_prompt(self, messages) -> list:
         # The template writes the special tokens itself (BOS included): the tokenizer must not add them again.
-        return self.tokenizer.encode(self.apply_chat_template(messages), add_special_tokens=False)
+        text = self.apply_chat_template(messages)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _prepare(self, prompt, mode=DEFAULTS["mode"], max_new_tokens=DEFAULTS["max_new_tokens"],
                  temperature=DEFAULTS["temperature"], top_k=None, top_p=None, seed=None, eos_token_id=None,

@@ -35,6 +35,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def id_to_token(self, token_id: int):
+        """The token's string in the vocabulary (None for an id outside it)."""
+        return self._tok.id_to_token(int(token_id))
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         try:
             return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
