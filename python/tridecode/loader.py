@@ -201,11 +201,15 @@ def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32", compute_f32
 
 
 def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto",
-         kv_cache_dtype: str = "auto", cuda_graphs: bool = True, compute_dtype: str = "auto"):
-    """Loads a Hugging Face checkpoint directory.
+         kv_cache_dtype: str = "auto", cuda_graphs: bool = True, compute_dtype: str = "auto",
+         revision: str | None = None):
+    """Loads a Hugging Face checkpoint: a directory, or a model id ("org/name") in the local hub cache.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
-        optionally tokenizer.json.
+        optionally tokenizer.json (and a chat template: chat_template.jinja or tokenizer_config.json's); or
+        a Hugging Face model id, found in the hub cache ($HF_HUB_CACHE, $HF_HOME/hub or
+        ~/.cache/huggingface/hub) without network access.
+    revision: with a model id, the branch, tag or commit of the cached snapshot (default "main").
     device: "cpu" (the CUDA backend is not available for whole models yet).
     dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32, memory-mapped, no copy); "float32",
         "float16" or "bfloat16" converts at load (a copy); "int8" quantizes every product's weight (q/k/v/o,
@@ -225,7 +229,9 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     """
     from .model import Model  # local import: model.py imports this module
 
-    directory = check.path("load: path", path)
+    from .hub import resolve
+
+    directory = resolve(check.path("load: path", path), revision)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
     _check_device(device)
