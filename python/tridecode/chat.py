@@ -66,8 +66,8 @@ def special_tokens(directory: str, tokenizer) -> dict:
 
 
 def check_messages(messages) -> list:
-    """messages: a list of {"role": str, "content": str or a list of {"type": "text", "text": str}} (other
-    keys, e.g. "name", pass through to the template)."""
+    """messages: a list of {"role": str, "content": str or a list of {"type": "text", "text": str} parts,
+    joined by newlines}; other keys (e.g. "name") pass through to the template."""
     if not isinstance(messages, (list, tuple)):
         raise ArgumentTypeError(f"chat: messages must be a list of {{'role', 'content'}} dicts, got "
                                 f"{type(messages).__name__}")
@@ -91,7 +91,7 @@ def check_messages(messages) -> list:
                     raise ValueError(f"chat: messages[{i}]['content'][{j}] must be a {{'type': 'text', 'text': str}} "
                                      "part (this model reads text only)")
                 parts.append(part["text"])
-            content = "".join(parts)
+            content = "\n".join(parts)   # as the server joins them (and vLLM)
         if not isinstance(content, str):
             raise ArgumentTypeError(f"chat: messages[{i}]['content'] must be a string, got {type(content).__name__}")
         out.append({**m, "content": content})
