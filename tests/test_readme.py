@@ -21,3 +21,23 @@ def test_python_quickstart_runs(tmp_path, capsys):
     code = blocks[0].replace("path/to/checkpoint", str(ckpt))
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_streaming_chat_and_hub_quickstart_runs(tmp_path, capsys, monkeypatch):
+    """The second Python block, with "org/name" in a hub cache holding the shipped model (it has a tokenizer
+    and a chat template)."""
+    import tridecode
+
+    commit = "a" * 40
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / commit
+    shutil.copytree(tridecode.default_model_path(), snap)
+    (tmp_path / "hub" / "models--org--name" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--name" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with open(README, encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    code = blocks[1]
+    assert "model.stream(" in code and "model.chat(" in code
+    exec(compile("import tridecode\n" + code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "# user:\nhi\n# assistant:\n" in out
