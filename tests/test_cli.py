@@ -144,3 +144,20 @@ def test_readme_parameter_table_is_the_shared_defaults():
     for name, value in DEFAULTS.items():
         shown = "None" if value is None else repr(value)
         assert rows[name][3] == shown, name
+
+
+def test_hugging_face_ids(tmp_path, model):
+    commit = "b" * 40
+    repo = tmp_path / "hub" / "models--org--tiny"
+    import shutil
+    shutil.copytree(tridecode.default_model_path(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tridecode", "generate", *a], capture_output=True,
+                                    text=True, timeout=120, env=env)
+    out = run("org/tiny", "-p", PROMPT, "-n", "9")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith(model.generate(PROMPT, max_new_tokens=9).text + "\n")
+    out = run("org/absent", "-p", PROMPT)
+    assert out.returncode == 1 and "download it with: huggingface-cli download org/absent" in out.stderr

@@ -15,8 +15,8 @@ from . import _C, ops
 from .config import ModelConfig, load_config, parse_config
 from .errors import CheckpointError, NativeError
 from .loader import load, random_model
-from .model import Model
-from .result import GenerateResult
+from .model import Model, TokenStream
+from .result import GenerateResult, StreamChunk
 from .sampling import SamplingParams
 
 __version__ = "0.1.0"
@@ -62,6 +62,7 @@ def num_threads() -> int:
     return int(_C.num_threads())
 
 
-__all__ = ["default_model_path", "load", "random_model", "Model", "ModelConfig", "GenerateResult", "SamplingParams", "CheckpointError", "NativeError",
+__all__ = ["default_model_path", "load", "random_model", "Model", "ModelConfig", "GenerateResult", "StreamChunk",
+           "TokenStream", "SamplingParams", "CheckpointError", "NativeError",
            "cuda_available", "cuda_compiled", "cuda_emulated", "set_num_threads", "num_threads", "load_config", "parse_config",
            "ops", "__version__"]

@@ -65,7 +65,7 @@ class GenerateResult:
         return sum(self.accepted_per_cycle) / len(self.accepted_per_cycle)
 
     def summary(self) -> str:
-        parts = [f"mode={self.mode}", f"tokens={len(self.tokens)}", f"nfe={self.nfe}", f"forwards={self.forwards}",
+        parts = [f"mode={self.mode}", f"finish={self.finish_reason}", f"tokens={len(self.tokens)}", f"nfe={self.nfe}", f"forwards={self.forwards}",
                  f"TPF={self.tokens_per_forward:.2f}"]
         if self.mean_accepted is not None:
             parts.append(f"mean_accepted={self.mean_accepted:.2f}")
