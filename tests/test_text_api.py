@@ -72,10 +72,12 @@ def test_stop_strings_cut_the_output_before_the_first_match(model, kw):
     assert r.tokens == full.tokens and r.text == full.text and r.finish_reason == "length"
 
 
-def test_text_is_the_decoded_tokens(model):
+def test_followed_text_is_the_decoded_tokens(model):
+    """The text followed token by token (for chunks and stop strings) is the one decode of all tokens."""
     for kw in MODES:
-        r = model.generate(PROMPT, max_new_tokens=64, **kw)
-        assert r.text == model.decode(r.tokens)
+        chunks = []
+        r = model.generate(PROMPT, max_new_tokens=64, on_chunk=chunks.append, **kw)
+        assert r.text == model.decode(r.tokens) == "".join(c.text for c in chunks)
 
 
 @pytest.mark.parametrize("kw", MODES[:3], ids=lambda k: k["mode"])

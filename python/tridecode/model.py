@@ -396,7 +396,10 @@ class Model:
                     return self_spec_generate(self, ids, out, L, dt, lora_on, selector)
 
         def emitter(stream_chunk=None, stream_cancel=None):
-            text = TextTracker(self.tokenizer, stop) if self.tokenizer is not None else None
+            # Text is followed token by token only when something needs it as it comes (stop strings,
+            # streamed chunks); otherwise the result's text is one decode at the end.
+            follow = self.tokenizer is not None and (stop or on_chunk or stream_chunk)
+            text = TextTracker(self.tokenizer, stop) if follow else None
             return Emitter(max_new_tokens, eos, on_tokens, text=text, on_chunk=on_chunk or stream_chunk,
                            logprobs=logprobs, cancel=cancel or stream_cancel)
         return _Prepared(run, emitter, len(ids))
@@ -412,6 +415,8 @@ class Model:
         if out.text is not None:
             result.text = out.text.text
             result.stop_string = out.text.stop_string
+        elif self.tokenizer is not None:
+            result.text = self.tokenizer.decode(result.tokens)
         return result
 
     # ---- parameter checks of generate(), one per mode ----
