@@ -70,7 +70,7 @@ def test_mode_spellings():
 
 
 def test_max_context_and_model_options():
-    out = _cli("generate", "-p", PROMPT, "-n", "64", "--max-context", "32")
+    out = _cli("generate", "-p", PROMPT, "-n", "64", "-c", "32")
     assert out.returncode == 1 and "capacity is 32" in out.stderr and "Traceback" not in out.stderr
     assert _cli("generate", "-p", PROMPT, "-n", "8", "--max-context", "64").returncode == 0
     out = _cli("generate", os.path.join(HERE, "data", "nld-tiny-a"), "-m", tridecode.default_model_path(), "-p", "x")

@@ -56,7 +56,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="the same as the positional MODEL")
     p.add_argument("--revision", default=None, help="with a Hugging Face model id: branch, tag or commit "
                                                      "(default: main)")
-    p.add_argument("--max-context", type=int, default=None,
+    p.add_argument("-c", "--max-context", type=int, default=None,
                    help="KV-cache capacity in tokens (default: min(max_position_embeddings, 4096))")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8"],
                    help="convert weights to this dtype at load; int8 quantizes the products' weights with a "
