@@ -73,8 +73,9 @@ def test_missing_models_say_how_to_download(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"revision 'v9' is not in the Hugging Face cache.*huggingface-cli "
                                               r"download acme/tiny-tri --revision v9"):
         tridecode.load("acme/tiny-tri", revision="v9")
-    with pytest.raises(ValueError, match="revision must be a branch"):
-        tridecode.load("acme/tiny-tri", revision="../../etc")
+    for bad in ("../../etc", "", 0, ["main"]):
+        with pytest.raises(ValueError, match="revision must be a branch"):
+            tridecode.load("acme/tiny-tri", revision=bad)
 
 
 def test_local_paths_win_and_other_names_stay_paths(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ def resolve(name: str, revision: str | None = None) -> str:
         if revision is not None:
             raise ValueError(f"load: revision applies to a Hugging Face model id, and {name!r} is a local path")
         return name
-    revision = revision or "main"
+    revision = "main" if revision is None else revision
     if not isinstance(revision, str) or not re.match(r"^[A-Za-z0-9._/-]+$", revision) or ".." in revision:
         raise ValueError(f"load: revision must be a branch, tag or commit hash, got {revision!r}")
     cache = cache_dir()

@@ -388,12 +388,13 @@ def api_case(rng: random.Random, env: dict):
 
     m = env["model"]
     f32 = np.float32
-    which = rng.randrange(14)
+    which = rng.randrange(16)
     if which == 0:
         kw = {k: _maybe(rng, v) for k, v in dict(mode=rng.choice(["ar", "diffusion", "self_spec"]), max_new_tokens=4,
                                                   temperature=0.0, seed=1).items() if rng.random() < 0.8}
         for k in rng.sample(["top_k", "top_p", "eos_token_id", "block_length", "threshold", "steps",
-                             "draft_threshold", "use_lora", "on_tokens"], rng.randrange(3)):
+                             "draft_threshold", "use_lora", "on_tokens", "stop", "logprobs", "on_chunk", "cancel"],
+                            rng.randrange(3)):
             kw[k] = awkward(rng)
         prompt = _maybe(rng, [1, 2, 3])
         return f"generate({prompt!r:.60}, {kw!r:.200})", lambda: m.generate(prompt, **kw)
@@ -442,8 +443,24 @@ def api_case(rng: random.Random, env: dict):
     if which == 11:
         a, b = _maybe(rng, x), _maybe(rng, x)
         return "ops.swiglu", lambda: ops.swiglu(a, b)
+    if which == 14:   # chat, its template and the stream iterator, with awkward conversations and arguments
+        msg = rng.choice([awkward(rng), [awkward(rng)], [{"role": awkward(rng), "content": "hi"}],
+                          [{"role": "user", "content": awkward(rng)}], [{"role": "user"}],
+                          [{"role": "user", "content": [awkward(rng)]}], [{"role": "user", "content": "hi"}]])
+        kw = {k: awkward(rng) for k in rng.sample(["max_new_tokens", "mode", "stop", "logprobs"], rng.randrange(0, 2))}
+        call = rng.choice(["chat", "stream_chat", "apply_chat_template"])
+        if call == "apply_chat_template":
+            kw = {"add_generation_prompt": awkward(rng)} if kw else {}
+        if call == "stream_chat":
+            return f"stream_chat({msg!r:.80}, {kw!r:.120})", lambda: list(m.stream_chat(msg, **kw))
+        return f"{call}({msg!r:.80}, {kw!r:.120})", lambda: getattr(m, call)(msg, **kw)
+    if which == 15:
+        prompt = _maybe(rng, [1, 2, 3])
+        kw = {k: awkward(rng) for k in rng.sample(["max_new_tokens", "mode", "stop", "temperature"], rng.randrange(1, 3))}
+        return f"stream({prompt!r:.60}, {kw!r:.120})", lambda: list(m.stream(prompt, **kw))
     if which == 12:
-        kw = {k: awkward(rng) for k in rng.sample(["device", "dtype", "max_context", "lora"], rng.randrange(1, 3))}
+        kw = {k: awkward(rng) for k in rng.sample(["device", "dtype", "max_context", "lora", "revision"],
+                                                   rng.randrange(1, 3))}
         return f"load({kw!r:.200})", lambda: tridecode.load(env["dir"], **kw)
     cfg = dict(env["config"])
     for k in rng.sample(list(cfg), rng.randrange(0, 2)):

@@ -54,6 +54,8 @@ def main(kind: str, seed: int) -> int:
         bases = _bases(root)
         env = {"dir": bases["single"], "lora": os.path.join(bases["single"], "linear_spec_lora")}
         if kind == "api":
+            with open(os.path.join(bases["single"], "chat_template.jinja"), "w") as f:
+                f.write("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
             env["model"] = tridecode.load(bases["single"], max_context=256)
             with open(os.path.join(bases["single"], "config.json")) as f:
                 env["config"] = json.load(f)
