@@ -15,7 +15,7 @@ from .config import ModelConfig
 from .errors import ArgumentTypeError
 from .generate import ar_generate, diffusion_generate, self_spec_generate
 from .generate.common import Emitter
-from .params import DEFAULTS, MODES, normalize_mode
+from .params import DEFAULTS, normalize_mode
 from .result import GenerateResult, StreamChunk
 from .sampling import Sampler, SamplingParams
 from .text import TextTracker, check_stop
