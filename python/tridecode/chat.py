@@ -106,21 +106,34 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def render(template: str, messages, add_generation_prompt: bool, specials: dict) -> str:
-    try:
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as e:  # pragma: no cover - jinja2 is a dependency
-        raise ImportError("chat templates need the 'jinja2' package (pip install jinja2)") from e
-    messages = check_messages(messages)
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        compiled = env.from_string(template)
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
-    except ChatTemplateError:
-        raise
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"the chat template cannot be rendered: {e}") from None
+class ChatTemplate:
+    """A checkpoint's chat template, read and compiled once, with its special-token variables."""
+
+    def __init__(self, directory: str, tokenizer):
+        try:
+            import jinja2
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError as e:  # pragma: no cover - jinja2 is a dependency
+            raise ImportError("chat templates need the 'jinja2' package (pip install jinja2)") from e
+        self._errors = jinja2.TemplateError
+        source = find_template(directory)
+        self.specials = special_tokens(directory, tokenizer)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            self._compiled = env.from_string(source)
+        except jinja2.TemplateError as e:
+            raise ChatTemplateError(f"the chat template cannot be rendered: {e}") from None
+
+    def render(self, messages, add_generation_prompt: bool) -> str:
+        messages = check_messages(messages)
+        try:
+            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         **self.specials)
+        except ChatTemplateError:
+            raise
+        except self._errors as e:
+            raise ChatTemplateError(f"the chat template cannot be rendered: {e}") from None

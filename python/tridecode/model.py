@@ -56,6 +56,7 @@ class Model:
         self.device = device
         self.compute_dtype = "auto"      # "float32": bf16 weights multiply fp32 activations (load's option)
         self.lora = None               # the attached LoraAdapter, if any
+        self._chat_template = None     # chat.ChatTemplate, on first use
 
     # ---- LoRA drafter ----
     @_locked
@@ -325,14 +326,14 @@ class Model:
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         """The conversation as the checkpoint's chat template renders it (the prompt chat() generates from)."""
-        from . import chat
+        from .chat import ChatTemplate
 
         if self.tokenizer is None:
             raise ValueError(f"{self.directory}: the checkpoint has no tokenizer.json, so no chat")
-        template = chat.find_template(self.directory)
-        return chat.render(template, messages, check.flag("apply_chat_template: add_generation_prompt",
-                                                          add_generation_prompt),
-                           chat.special_tokens(self.directory, self.tokenizer))
+        add_generation_prompt = check.flag("apply_chat_template: add_generation_prompt", add_generation_prompt)
+        if self._chat_template is None:     # read and compiled on first use, like the tokenizer once per model
+            self._chat_template = ChatTemplate(self.directory, self.tokenizer)
+        return self._chat_template.render(messages, add_generation_prompt)
 
     def _chat_prompt(self, messages) -> list:
         # The template writes the special tokens itself (BOS included): the tokenizer must not add them again.
@@ -372,7 +373,7 @@ class Model:
                 raise ValueError(f"generate: {bad} applies to diffusion / self_spec, not mode 'ar'")
             if threshold is not _DEFAULT or not _is_zero(draft_threshold):
                 raise ValueError("generate: threshold / draft_threshold apply to diffusion / self_spec, not 'ar'")
-            picker = self._ar_picker(params, seed)
+            picker = self._ar_picker(params, seed, logprobs)
 
             def run(out):
                 return ar_generate(self, ids, out, picker)
@@ -420,9 +421,9 @@ class Model:
         return result
 
     # ---- parameter checks of generate(), one per mode ----
-    def _ar_picker(self, params: SamplingParams, seed: int):
-        """picker(chunk, stream) -> the next token: the fused sampler head, or logits + the numpy sampler
-        when top_k / top_p filter the distribution."""
+    def _ar_picker(self, params: SamplingParams, seed: int, logprobs: bool):
+        """picker(chunk, stream) -> (the next token, its probability): the fused sampler head, or logits + the
+        numpy sampler when top_k / top_p filter the distribution (the probability then only with logprobs)."""
         if params.top_k is None and params.top_p is None:
             def picker(chunk, stream):
                 idx, conf = self.forward_select(chunk, "causal", logits="last", temperature=params.temperature,
@@ -434,6 +435,8 @@ class Model:
         def sampled(chunk, stream):
             logits = self.forward(chunk, "causal", logits="last")[-1]
             tok = sampler(logits)
+            if not logprobs:
+                return tok, None
             z = logits.astype(np.float64) - float(logits.max())   # the sampler head's confidence, in numpy
             return tok, float(np.exp(z[tok]) / np.exp(z).sum())
         return sampled
