@@ -39,10 +39,9 @@ def _mode(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _help(name: str, default=None) -> str:
+def _help(name: str) -> str:
     """The parameter's description from the shared table, with its shared default."""
-    value = DEFAULTS[name] if default is None else default
-    shown = "none" if value is None else value
+    shown = "none" if DEFAULTS[name] is None else DEFAULTS[name]
     return f"{DESCRIPTIONS[name]} (default: {shown})"
 
 
@@ -191,7 +190,8 @@ def _generate(parser, args) -> int:
     try:
         result = model.generate(prompt, mode=args.mode, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                eos_token_id=[] if args.ignore_eos else args.eos_token_id, stop=args.stop, on_chunk=on_chunk, **kwargs)
+                                eos_token_id=[] if args.ignore_eos else args.eos_token_id, stop=args.stop,
+                                on_chunk=on_chunk, **kwargs)
     except KeyboardInterrupt:
         seconds = time.perf_counter() - start
         sys.stdout.write("\n")
