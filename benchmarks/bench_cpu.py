@@ -82,23 +82,66 @@ def make_checkpoint(path, hidden, layers, heads, kv_heads, head_dim, inter, voca
     return weight_elems
 
 
-def median_ms(fn, runs, warmup=2):
+def median_ms(fn, runs, warmup=2, rate=None, burst=3):
+    """Median ms of fn over runs after warmup runs. With rate (a ReadRate), a read-rate sample is taken before
+    every burst of timed runs (back to back, as a generate runs its forwards) and (ms, median bytes/s of those
+    samples) is returned: on a shared host the read rate moves from minute to minute, so a row's floor comes
+    from the same seconds as its timings."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(runs):
+    times, rates = [], []
+    for i in range(runs):
+        if rate is not None and i % burst == 0:
+            rates.append(rate.sample())
+            fn()   # the first forward after a sample wakes the threads and refills the caches: not timed
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    if rate is None:
+        return statistics.median(times)
+    return statistics.median(times), statistics.median(rates)
 
 
-def measure_read_bandwidth(torch, gib=1.0):
-    """Bytes/s of a multi-threaded streaming read (sum of a buffer much larger than the caches)."""
-    x = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+_READ_RATE_CHILD = r"""
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+x = torch.ones(int(float(sys.argv[1]) * (1 << 30)) // 4, dtype=torch.float32)
+x.sum()
+for line in sys.stdin:
+    t0 = time.perf_counter()
     x.sum()
-    ms = median_ms(lambda: x.sum(), runs=7, warmup=1)
-    return x.numel() * 4 / (ms / 1e3)
+    print(x.numel() * 4 / (time.perf_counter() - t0), flush=True)
+"""
+
+
+class ReadRate:
+    """Bytes/s of a multi-threaded streaming read (torch's sum of a 1 GiB buffer, far larger than the caches),
+    one sample at a time, in a child process whose OpenMP threads sleep as soon as the sum ends
+    (OMP_WAIT_POLICY=PASSIVE): threads spinning after a sample would take the cores from the timed run that
+    follows. Every sample is kept, so the run can also report the best rate it saw."""
+
+    def __init__(self, threads, gib=1.0):
+        import subprocess
+
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        env.pop("GOMP_SPINCOUNT", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", _READ_RATE_CHILD, str(gib), str(threads)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.seen = []
+
+    def sample(self) -> float:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        r = float(self.proc.stdout.readline())
+        self.seen.append(r)
+        return r
+
+    def median(self, n=5) -> float:
+        return statistics.median(self.sample() for _ in range(n))
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def forward_bytes(model) -> int:
@@ -107,7 +150,7 @@ def forward_bytes(model) -> int:
                for a in t if isinstance(a, np.ndarray))
 
 
-def bench_tridecode(path, context, runs, **load_kw):
+def bench_tridecode(path, context, runs, rate, **load_kw):
     import tridecode
 
     m = tridecode.load(path, max_context=context + 64, **load_kw)
@@ -122,10 +165,11 @@ def bench_tridecode(path, context, runs, **load_kw):
         m.forward(list(range(10, 42)), mode="causal", logits="all")
         m.crop(context)
 
-    return median_ms(decode, runs), median_ms(chunk, max(3, runs // 3)), forward_bytes(m)
+    dec, bw = median_ms(decode, runs, rate=rate)
+    return dec, median_ms(chunk, max(3, runs // 3)), forward_bytes(m), bw
 
 
-def bench_torch(path, torch_dtype, context, runs):
+def bench_torch(path, torch_dtype, context, runs, rate):
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, DynamicCache
@@ -148,10 +192,9 @@ def bench_torch(path, torch_dtype, context, runs):
             model(input_ids=block, cache=cache, use_cache=True)
             cache.crop(-32)
 
-        d = median_ms(decode, runs)
+        d, bw = median_ms(decode, runs, rate=rate)
         c = median_ms(chunk, max(3, runs // 3))
-    del model
-    return d, c
+    return d, c, bw
 
 
 def main(argv=None):
@@ -179,37 +222,42 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as d:
         elems = make_checkpoint(d, args.hidden, args.layers, args.heads, args.kv_heads, args.head_dim,
                                 args.intermediate, args.vocab)
-        bw = measure_read_bandwidth(torch)
-        rows = {}
-        rows["tridecode bf16"] = bench_tridecode(d, args.context, args.runs)
-        rows["tridecode bf16, fp32 compute"] = bench_tridecode(d, args.context, args.runs, compute_dtype="float32")
-        rows["tridecode int8"] = bench_tridecode(d, args.context, args.runs, dtype="int8")
-        rows["tridecode fp32 weights"] = bench_tridecode(d, args.context, args.runs, dtype="float32")
-        rows["torch fp32"] = (*bench_torch(d, torch.float32, args.context, args.runs), elems * 4)
+        rate = ReadRate(args.threads)
+        rows = {}   # name: (decode ms, chunk ms, bytes a forward reads, read rate measured beside the decodes)
+        rows["tridecode bf16"] = bench_tridecode(d, args.context, args.runs, rate)
+        rows["tridecode bf16, fp32 compute"] = bench_tridecode(d, args.context, args.runs, rate,
+                                                               compute_dtype="float32")
+        rows["tridecode int8"] = bench_tridecode(d, args.context, args.runs, rate, dtype="int8")
+        rows["tridecode fp32 weights"] = bench_tridecode(d, args.context, args.runs, rate, dtype="float32")
+        dec, chk, bw = bench_torch(d, torch.float32, args.context, args.runs, rate)
+        rows["torch fp32"] = (dec, chk, elems * 4, bw)
         if not args.skip_torch_bf16:
-            rows["torch bf16"] = (*bench_torch(d, torch.bfloat16, args.context, args.runs), elems * 2)
+            dec, chk, bw = bench_torch(d, torch.bfloat16, args.context, args.runs, rate)
+            rows["torch bf16"] = (dec, chk, elems * 2, bw)
         if args.llama_cpp:
-            rows.update(bench_llama_cpp(args.llama_cpp, d, args, elems))
+            rows.update(bench_llama_cpp(args.llama_cpp, d, args, elems, rate))
         agree = int8_agreement(d)
         shipped = shipped_int8()
         contention = None if args.skip_contention else bench_contention(d, args)
-        # the machine's best read rate (measured before and after the rows: a shared host varies)
-        bw = max(bw, measure_read_bandwidth(torch))
+        best = max(rate.seen)
+        rate.close()
 
     paths = tridecode._C.cpu_paths()
     print(f"model: hidden {args.hidden}, layers {args.layers}, heads {args.heads}/{args.kv_heads}x{args.head_dim}, "
           f"MLP {args.intermediate}, vocab {args.vocab}; {elems / 1e6:.1f}M weights read per forward; "
           f"context {args.context}; threads {args.threads}")
     print(f"cpu: {cpu_name()}; tridecode kernels {paths['kernels']} (bf16: {paths['bf16']}, int8: {paths['int8']})")
-    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s (the better of a multi-threaded sum before and after)")
-    print(f"{'':30s} {'decode ms':>10s} {'floor ms':>9s} {'x floor':>8s} {'32-chunk ms':>12s} {'x floor':>8s} "
-          f"{'chunk/decode':>13s}")
-    for name, (dec, chk, nbytes) in rows.items():
+    print(f"read rate (multi-threaded sum of 1 GiB): {min(rate.seen) / 1e9:.1f}-{best / 1e9:.1f} GB/s over the run, "
+          f"sampled beside every timed decode")
+    print(f"{'':30s} {'decode ms':>10s} {'GB/s':>5s} {'floor ms':>9s} {'x floor':>8s} {'x best':>7s} "
+          f"{'32-chunk ms':>12s} {'x floor':>8s} {'chunk/decode':>13s}")
+    for name, (dec, chk, nbytes, bw) in rows.items():
         floor = nbytes / bw * 1e3
-        print(f"{name:30s} {dec:10.2f} {floor:9.2f} {dec / floor:8.2f} {chk:12.2f} {chk / floor:8.2f} "
-              f"{chk / dec:13.2f}")
-    print("(floor = bytes one forward reads / measured read bandwidth; llama.cpp: llama-bench tg16 and pp32 at "
-          f"depth {args.context})")
+        print(f"{name:30s} {dec:10.2f} {bw / 1e9:5.1f} {floor:9.2f} {dec / floor:8.2f} {dec / (nbytes / best * 1e3):7.2f} "
+              f"{chk:12.2f} {chk / floor:8.2f} {chk / dec:13.2f}")
+    print("(GB/s: the median read rate sampled before each timed decode of the row (before and after llama-bench "
+          "for llama.cpp); floor = bytes one forward reads / that rate; x best = decode / (bytes / the best rate of "
+          f"the whole run); llama.cpp: llama-bench tg16 and pp32 at depth {args.context})")
     print(f"int8 vs bf16 top-1 agreement over {agree[1]} positions: {agree[0]:.4f}; mean |logit error| "
           f"{agree[2]:.4f} (logit std {agree[3]:.3f})")
     print(f"shipped model, int8 vs fp32 over {shipped[1]} positions of held-out text and source: top-1 agreement "
@@ -219,7 +267,7 @@ def main(argv=None):
         print("generate (AR, 16 tokens after 64), ms per token:")
         for label, (one, many) in contention.items():
             print(f"  {label:34s} 1 thread {one:8.2f}   {args.threads} threads {many:8.2f}   ratio {many / one:5.2f}")
-    print(targets(rows, bw, agree, contention, paths, shipped))
+    print(targets(rows, agree, contention, shipped))
     return rows
 
 
@@ -240,7 +288,7 @@ def has_amx() -> bool:
         return False
 
 
-def targets(rows, bw, agree, contention, paths, shipped) -> str:
+def targets(rows, agree, contention, shipped) -> str:
     """The issue's targets, each with its numbers (MET / MISSED; '-' where its peer row is absent)."""
     out = ["targets:"]
 
@@ -248,7 +296,7 @@ def targets(rows, bw, agree, contention, paths, shipped) -> str:
         out.append(f"  {'-' if ok is None else 'MET' if ok else 'MISSED':7s} {text}")
 
     def floor(name):
-        return rows[name][2] / bw * 1e3
+        return rows[name][2] / rows[name][3] * 1e3
 
     b = rows["tridecode bf16"]
     line(b[0] <= 1.15 * floor("tridecode bf16"), f"bf16 decode <= 1.15x floor: {b[0] / floor('tridecode bf16'):.2f}x")
@@ -360,7 +408,7 @@ def bench_contention(path, args, rounds=5):
     return out
 
 
-def bench_llama_cpp(tree, path, args, elems):
+def bench_llama_cpp(tree, path, args, elems, rate):
     """llama.cpp rows: the checkpoint written as a bf16 GGUF, quantized to f16 and q8_0 by llama-quantize,
     each timed by llama-bench (decode = 1000 / tg16 tokens/s, chunk = 32 tokens / pp32 tokens/s)."""
     import subprocess
@@ -378,13 +426,14 @@ def bench_llama_cpp(tree, path, args, elems):
                        capture_output=True)
     rows = {}
     for kind, (f, nbytes) in files.items():
+        before = rate.median(3)
         r = subprocess.run([os.path.join(bin_dir, "llama-bench"), "-m", f, "-p", "32", "-n", "16", "-d",
                             str(args.context), "-t", str(args.threads), "-r", str(max(3, args.runs // 3)),
                             "-o", "json"], check=True, capture_output=True, text=True)
         res = json.loads(r.stdout)
         tg = next(e["avg_ts"] for e in res if e["n_gen"] > 0)
         pp = next(e["avg_ts"] for e in res if e["n_prompt"] > 0)
-        rows[f"llama.cpp {kind}"] = (1e3 / tg, 32 / pp * 1e3, nbytes)
+        rows[f"llama.cpp {kind}"] = (1e3 / tg, 32 / pp * 1e3, nbytes, statistics.median([before, rate.median(3)]))
     return rows
 
 

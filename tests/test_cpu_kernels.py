@@ -159,18 +159,28 @@ def test_int8_op_errors():
         ops.matmul(x, np.ones((4, 8), np.float32), compute_dtype="int4")
 
 
-def test_openmp_threads_sleep_after_a_region():
-    """libgomp is told not to spin (OMP_WAIT_POLICY=PASSIVE) before the native module loads it, unless the
-    user chose a policy. OMP_DISPLAY_ENV makes libgomp print the settings it read."""
+def test_openmp_threads_wait_briefly_then_sleep():
+    """libgomp is told to spin 10000 times at most (about half a millisecond) before it sleeps, before the
+    native module loads it, unless the user chose a wait policy or a spin count. OMP_DISPLAY_ENV makes
+    libgomp print the settings it read."""
     code = "import tridecode"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["OMP_DISPLAY_ENV"] = "TRUE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in out.stderr, out.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr, out.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+
+    def shown(**extra):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    err = shown()
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in err and "GOMP_SPINCOUNT = '10000'" in err, err
+    err = shown(OMP_WAIT_POLICY="ACTIVE")
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in err and "GOMP_SPINCOUNT = '10000'" not in err, err
+    err = shown(OMP_WAIT_POLICY="PASSIVE")
+    assert "GOMP_SPINCOUNT = '0'" in err, err
+    err = shown(GOMP_SPINCOUNT="123")
+    assert "GOMP_SPINCOUNT = '123'" in err, err
 
 
 def test_threads_step_aside_when_the_cpus_are_oversubscribed():

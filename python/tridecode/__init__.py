@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os as _os
 
-# OpenMP threads sleep when a parallel region ends instead of spinning: a spinning thread takes the core from
-# whatever else runs there (another process, or this program's own threads), and a generate on busy cores
-# then runs several times slower. libgomp reads this when the native module loads it, just below; a value
-# the user set wins.
+# OpenMP threads wait briefly when a parallel region ends, then sleep. Spinning without end (libgomp's
+# default is about 300000 spins, milliseconds) takes the core from whatever else runs there, and a generate on
+# busy cores then runs several times slower; sleeping at once (OMP_WAIT_POLICY=PASSIVE alone) makes every
+# region of a forward wake its threads again, which costs tens to hundreds of microseconds each, a third
+# of a decode step at 2 threads. 10000 spins (about half a millisecond) bridge the short gaps inside a
+# forward and end soon after it. libgomp reads these when the native module loads it, just below; a wait
+# policy or spin count the user set wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _C, ops
