@@ -1,5 +1,6 @@
 """A fuzz worker: `worker.py KIND SEED` reads case indices (one per line) on stdin, runs each case and writes
-one JSON line per case on stdout: {"i", "outcome", "desc", "detail"}. outcome is "loaded" / "ok" (it
+one JSON line per case on stdout: {"i", "outcome", "desc", "detail"} (anything else that writes to stdout,
+Python or native, goes to stderr instead). outcome is "loaded" / "ok" (it
 worked), "clean" (a ValueError, CheckpointError or MemoryError with a message) or "unclean" (anything
 else). Crashes and hangs are seen by the runner, which owns this process."""
 
@@ -47,6 +48,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 def main(kind: str, seed: int) -> int:
+    report = os.fdopen(os.dup(1), "w")       # the runner's channel; fd 1 (and sys.stdout) now mean stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import tridecode
 
     root = tempfile.mkdtemp(prefix="tridecode-fuzz-")
@@ -83,7 +87,7 @@ def main(kind: str, seed: int) -> int:
                     thunk()
             except Exception as e:   # noqa: BLE001 - classified
                 outcome, detail = classify(e)
-            print(json.dumps({"i": i, "outcome": outcome, "desc": desc, "detail": detail}), flush=True)
+            print(json.dumps({"i": i, "outcome": outcome, "desc": desc, "detail": detail}), file=report, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
