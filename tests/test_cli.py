@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import tridecode
@@ -160,3 +161,28 @@ def test_hugging_face_ids(tmp_path, model):
     assert out.stdout.endswith(model.generate(PROMPT, max_new_tokens=9).text + "\n")
     out = run("org/absent", "-p", PROMPT)
     assert out.returncode == 1 and "download it with: huggingface-cli download org/absent" in out.stderr
+
+
+def _file_backed(arr) -> bool:
+    while isinstance(arr, np.ndarray):
+        if isinstance(arr, np.memmap):
+            return True
+        arr = arr.base
+    return False
+
+
+def test_hugepages_option(model):
+    from tridecode import cli, loader
+
+    parser = cli.build_parser()
+    values = [("off", True)] + ([("on", False)] if loader.thp_mode() in ("always", "madvise") else [])
+    for value, file_backed in values:
+        loaded = cli.load_model(parser, parser.parse_args(["generate", "-p", PROMPT, "--hugepages", value]))
+        assert _file_backed(loaded._weights["layers.0.q"][0]) == file_backed, value
+        assert _file_backed(loaded._weights["embed"][0])
+    ref = model.generate(PROMPT, max_new_tokens=8)
+    for value, _ in values:
+        out = _cli("generate", "-p", PROMPT, "-n", "8", "--hugepages", value)
+        assert out.returncode == 0 and out.stdout.endswith(ref.text + "\n"), out.stderr
+    out = _cli("generate", "-p", PROMPT, "--hugepages", "yes")
+    assert out.returncode == 2 and "--hugepages" in out.stderr and "Traceback" not in out.stderr

@@ -14,7 +14,8 @@ import pytest
 import safetensors.numpy
 
 import tridecode
-from tridecode import CheckpointError
+from tridecode import CheckpointError, loader
+from tridecode.errors import ArgumentTypeError
 
 import checkpoints as ck
 
@@ -343,13 +344,155 @@ def peak_during(fn):
 
 def test_load_does_not_copy_weights(big_checkpoint):
     directory, size = big_checkpoint
-    model, peak = peak_during(lambda: tridecode.load(directory, max_context=64))
+    model, peak = peak_during(lambda: tridecode.load(directory, max_context=64, hugepages=False))
     assert peak < 0.25 * size, f"peak Python allocation {peak} bytes during load of a {size}-byte checkpoint"
     assert model.weight_bytes > 0.99 * size - 100_000
     assert np.isfinite(logits_of(model, [1, 2, 3])).all()
     # control: a load that does copy (narrowing to float16) is visible to the same measurement
     _, copying_peak = peak_during(lambda: tridecode.load(directory, dtype="float16", max_context=64))
     assert copying_peak > 0.4 * size, copying_peak
+
+
+# ---------------------------------------------------------------------------------------------------------
+# huge pages
+# ---------------------------------------------------------------------------------------------------------
+
+needs_thp = pytest.mark.skipif(loader.thp_mode() not in ("always", "madvise"),
+                               reason=f"no transparent huge pages ({loader.THP_SETTING}: {loader.thp_mode()})")
+
+
+def mapping_of(arr) -> dict:
+    """The /proc/self/smaps entry (header fields and key: value lines) of the mapping holding arr's data."""
+    addr = arr.ctypes.data
+    entry = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+            if head:
+                if entry is not None:
+                    return entry
+                lo, hi = int(head.group(1), 16), int(head.group(2), 16)
+                entry = {"range": (lo, hi)} if lo <= addr < hi else None
+            elif entry is not None and ":" in line:
+                key, value = line.split(":", 1)
+                entry[key] = value.strip()
+    assert entry is not None, f"no mapping holds address {addr:#x}"
+    return entry
+
+
+@needs_thp
+def test_hugepages_copy_streamed_weights_and_keep_logits(big_checkpoint):
+    directory, _ = big_checkpoint
+    mapped = tridecode.load(directory, max_context=64, hugepages=False)
+    huge = tridecode.load(directory, max_context=64, hugepages=True)
+    assert set(huge._weights) == set(mapped._weights)
+    arenas = set()
+    for name, (arr, code) in huge._weights.items():
+        m_arr, m_code = mapped._weights[name]
+        assert code == m_code and arr.dtype == m_arr.dtype and arr.shape == m_arr.shape, name
+        np.testing.assert_array_equal(arr, m_arr, err_msg=name)
+        assert find_memmap(m_arr) is not None, name
+        if name == "embed":                 # read a row at a time: stays mapped from the file
+            assert find_memmap(arr) is not None
+            continue
+        assert find_memmap(arr) is None, f"{name} is still a view of the checkpoint file"
+        assert not arr.flags.writeable and arr.flags.c_contiguous, name
+        assert arr.ctypes.data % 64 == 0, name
+        entry = mapping_of(arr)
+        assert "hg" in entry["VmFlags"].split(), f"{name}: mapping not advised MADV_HUGEPAGE: {entry['VmFlags']}"
+        arenas.add(entry["range"])
+    assert len(arenas) == 1, f"streamed weights in {len(arenas)} mappings, expected one"
+    lo, hi = arenas.pop()
+    assert hi - lo >= huge.weight_bytes - mapped._weights["embed"][0].nbytes
+    for p in prompts()[:3] + [[1, 2, 3, 4, 5]]:
+        np.testing.assert_array_equal(logits_of(huge, p), logits_of(mapped, p))
+    for mode in ("ar", "diffusion", "self_spec"):
+        kw = dict(mode=mode, max_new_tokens=12, eos_token_id=None)
+        assert huge.generate([5, 6, 7], **kw).tokens == mapped.generate([5, 6, 7], **kw).tokens, mode
+
+
+@needs_thp
+def test_hugepages_keep_int8_and_converted_weights(big_checkpoint):
+    directory, _ = big_checkpoint
+    for dtype in ("int8", "bfloat16"):
+        a = tridecode.load(directory, max_context=64, dtype=dtype, hugepages=False)
+        b = tridecode.load(directory, max_context=64, dtype=dtype, hugepages=True)
+        for name, t in a._weights.items():
+            for x, y in zip(t, b._weights[name]):
+                if isinstance(x, np.ndarray):
+                    np.testing.assert_array_equal(x, y, err_msg=f"{dtype} {name}")
+                else:
+                    assert x == y, name
+        np.testing.assert_array_equal(logits_of(a, [3, 1, 4, 1, 5]), logits_of(b, [3, 1, 4, 1, 5]))
+
+
+@needs_thp
+def test_hugepages_by_default_past_the_threshold(big_checkpoint, monkeypatch):
+    directory, _ = big_checkpoint
+    streamed = sum(a.nbytes for name, (a, _) in tridecode.load(directory, max_context=64)._weights.items()
+                   if name != "embed")
+    monkeypatch.setattr(loader, "HUGEPAGES_MIN_BYTES", streamed)
+    at = tridecode.load(directory, max_context=64)
+    assert find_memmap(at._weights["layers.1.down"][0]) is None
+    monkeypatch.setattr(loader, "HUGEPAGES_MIN_BYTES", streamed + 1)
+    below = tridecode.load(directory, max_context=64)
+    assert find_memmap(below._weights["layers.1.down"][0]) is not None
+    # the golden checkpoints (kilobytes) stay mapped: test_weights_are_views_of_memory_maps
+
+
+@pytest.mark.parametrize("text, mode", [("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+                                        ("always madvise [never]\n", "never"), ("garbage", None)])
+def test_thp_mode_reads_the_bracketed_setting(tmp_path, text, mode):
+    f = tmp_path / "enabled"
+    f.write_text(text)
+    assert loader.thp_mode(str(f)) == mode
+    assert loader.thp_mode(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("text", ["always madvise [never]\n", None])
+def test_hugepages_without_kernel_support(big_checkpoint, tmp_path, monkeypatch, text):
+    directory, _ = big_checkpoint
+    setting = tmp_path / "enabled"
+    if text is not None:
+        setting.write_text(text)
+    monkeypatch.setattr(loader, "THP_SETTING", str(setting))
+    monkeypatch.setattr(loader, "HUGEPAGES_MIN_BYTES", 1)
+    expect_error(tridecode.load, "hugepages=True needs transparent huge pages", str(setting),
+                 "[never]" if text else "is not there", path=directory, max_context=64, hugepages=True)
+    model = tridecode.load(directory, max_context=64)     # the default falls back to the file mapping
+    assert find_memmap(model._weights["layers.1.down"][0]) is not None
+
+
+@needs_thp
+def test_hugepages_only_where_memory_allows(big_checkpoint, monkeypatch):
+    directory, _ = big_checkpoint
+    monkeypatch.setattr(loader, "HUGEPAGES_MIN_BYTES", 1)
+    monkeypatch.setattr(loader, "available_memory", lambda: 8 << 20)     # less than 4/3 of the ~13 MB copy
+    expect_error(tridecode.load, "hugepages=True copies 0.01 GiB of weights", "0.01 GiB of memory is available",
+                 "hugepages=False", error=MemoryError, path=directory, max_context=64, hugepages=True)
+    assert find_memmap(tridecode.load(directory, max_context=64)._weights["layers.1.down"][0]) is not None
+    monkeypatch.setattr(loader, "available_memory", lambda: None)        # unknown: no limit
+    assert find_memmap(tridecode.load(directory, max_context=64)._weights["layers.1.down"][0]) is None
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:    2048 kB\n")
+    assert loader.available_memory(str(f)) == 2048 * 1024
+    f.write_text("MemTotal:       24000000 kB\n")
+    assert loader.available_memory(str(f)) is None
+    assert loader.available_memory(str(tmp_path / "missing")) is None
+    assert loader.available_memory() > 0
+
+
+@pytest.mark.parametrize("bad", ["on", 1, "auto", [True]])
+def test_hugepages_must_be_a_flag(bad):
+    expect_error(tridecode.load, "load: hugepages must be True or False", error=ArgumentTypeError,
+                 path=GOLDEN, hugepages=bad)
+
+
+def test_hugepages_are_a_cpu_option():
+    expect_error(tridecode.load, "hugepages=True is a CPU option", path=GOLDEN, device="cuda", hugepages=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

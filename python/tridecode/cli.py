@@ -64,6 +64,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 weights multiply bf16 activations (fp32 sums); float32: fp32 activations "
                         "(CPU only; default: auto)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend to run on (default: cpu)")
+    p.add_argument("--hugepages", default="auto", choices=["auto", "on", "off"],
+                   help="CPU weights in transparent huge pages (one copy at load) or memory-mapped from the "
+                        "files (off); auto: huge pages past 16 MiB of weights where the kernel offers them "
+                        "(default: auto)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-lora", action="store_true",
                    help="self_spec: do not use the LoRA drafter (MODEL/linear_spec_lora/)")
@@ -88,7 +92,7 @@ def load_model(parser: argparse.ArgumentParser, args):
     lora = None if args.no_lora else (args.lora or "auto")
     return tridecode.load(model_path(parser, args), device=args.device, dtype=args.dtype,
                           max_context=args.max_context, lora=lora, compute_dtype=args.compute_dtype,
-                          revision=args.revision)
+                          revision=args.revision, hugepages={"auto": None, "on": True, "off": False}[args.hugepages])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,12 @@
 """Checkpoint directory -> native model. Validates names, shapes and dtypes against config.json and
-hands the memory-mapped tensors to the native core without copying them."""
+hands the tensors to the native core: memory-mapped without a copy, or (on the CPU, for models past the TLB's
+reach) copied once into transparent huge pages."""
 
 from __future__ import annotations
 
+import mmap
 import os
+import re
 
 import numpy as np
 
@@ -202,7 +205,7 @@ def native_config(cfg: ModelConfig, kv_cache_dtype: str = "float32", compute_f32
 
 def load(path, device: str = "cpu", dtype: str | None = None, max_context: int | None = None, lora="auto",
          kv_cache_dtype: str = "auto", cuda_graphs: bool = True, compute_dtype: str = "auto",
-         revision: str | None = None):
+         revision: str | None = None, hugepages: bool | None = None):
     """Loads a Hugging Face checkpoint: a directory, or a model id ("org/name") in the local hub cache.
 
     path: a directory with config.json and model.safetensors (or shards + model.safetensors.index.json),
@@ -211,13 +214,19 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         ~/.cache/huggingface/hub) without network access.
     revision: with a model id, the branch, tag or commit of the cached snapshot (default "main").
     device: "cpu" (the CUDA backend is not available for whole models yet).
-    dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32, memory-mapped, no copy); "float32",
+    dtype: None keeps each tensor's stored dtype (BF16 / F16 / F32); "float32",
         "float16" or "bfloat16" converts at load (a copy); "int8" quantizes every product's weight (q/k/v/o,
         gate/up/down, LM head) to symmetric int8 with a bf16 scale per group of 32 (CPU only; 1.06 bytes a
         weight), each product quantizing its activations per row to int16 as it runs.
     compute_dtype: "auto" multiplies bf16 weights by bf16-rounded activations with fp32 accumulation (as the
         reference does on a GPU; vdpbf16ps where the CPU has it); "float32" keeps fp32 activations and exact
         fp32 products of the bf16 weights (CPU only). fp32 and f16 weights always use fp32 activations.
+    hugepages: where a CPU model keeps its weights. None (default): copied once into transparent huge pages
+        when the kernel offers them (madvise or always), the weights a forward reads pass 16 MiB (a decode
+        step streams every weight; 2 MiB pages spare the TLB misses of 4 KiB ones) and the copy takes at
+        most 3/4 of the available memory, else memory-mapped from the checkpoint files; True: huge pages
+        (ValueError where the kernel has none, MemoryError where memory is short); False: memory-mapped,
+        never copied (pages shared with the file cache). The embedding table always stays mapped.
     max_context: KV-cache capacity in tokens (default min(max_position_embeddings, 4096)).
     lora: the self-speculation LoRA drafter: "auto" attaches `<path>/linear_spec_lora/` when present, a path
         attaches that adapter, None attaches none.
@@ -234,6 +243,10 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
     directory = resolve(check.path("load: path", path), revision)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: not a directory")
+    if hugepages is not None:
+        hugepages = check.flag("load: hugepages", hugepages)
+        if hugepages and isinstance(device, str) and device == "cuda":
+            raise ValueError("load: hugepages=True is a CPU option (device='cuda' keeps its weights on the GPU)")
     _check_device(device)
     _target_dtype(dtype)
     if not (lora is None or (isinstance(lora, str) and lora == "auto")):
@@ -249,6 +262,8 @@ def load(path, device: str = "cpu", dtype: str | None = None, max_context: int |
         max_context = min(cfg.max_position_embeddings, 4096)
     max_context = check.integer("load: max_context", max_context, 1, cfg.max_position_embeddings)
     weights, ckpt, tied = load_weights(directory, cfg, dtype)
+    if _use_hugepages(hugepages, device, weights):
+        to_huge_pages(weights)
     kv_dtype = _kv_cache_dtype("load", kv_cache_dtype, device, weights["layers.0.q"][1])
     try:
         native = _C.Model(native_config(cfg, kv_dtype, compute_f32), weights, max_context, device)
@@ -289,6 +304,85 @@ def _check_host_memory(cfg: ModelConfig, itemsize: int, max_context: int) -> Non
     if need > have:
         raise MemoryError(f"random_model: the model needs {need / 2**30:.1f} GiB, more than this machine's "
                           f"{have / 2**30:.1f} GiB of memory")
+
+
+#: Past this many bytes of weights, a CPU load copies them into huge pages by default: with 4 KiB pages a
+#: forward's weight stream misses the TLB about once a page (an L2 TLB covers roughly 12 MiB), and each miss
+#: is a page walk, twice as long in a virtual machine; 2 MiB pages remove nearly all of them.
+HUGEPAGES_MIN_BYTES = 16 << 20
+_HUGE_PAGE = 2 << 20
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str | None = None) -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise" or "never"), None where there is none."""
+    path = THP_SETTING if path is None else path
+    try:
+        with open(path) as f:
+            found = re.search(r"\[(\w+)\]", f.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def _streamed(weights: dict) -> list[tuple[str, int]]:
+    """(name, index) of the arrays a forward reads whole: all but the embedding table (it reads rows)."""
+    return [(name, i) for name, t in weights.items() if name != "embed"
+            for i, a in enumerate(t) if isinstance(a, np.ndarray)]
+
+
+def _use_hugepages(hugepages: bool | None, device: str, weights: dict) -> bool:
+    if device != "cpu":
+        return False
+    mode = thp_mode()
+    available = mode in ("always", "madvise") and hasattr(mmap, "MADV_HUGEPAGE")
+    size = sum(weights[n][i].nbytes for n, i in _streamed(weights))
+    free = available_memory()
+    fits = free is None or size <= 0.75 * free
+    if hugepages is None:
+        return available and fits and size >= HUGEPAGES_MIN_BYTES
+    if hugepages and not available:
+        raise ValueError(f"load: hugepages=True needs transparent huge pages, but {THP_SETTING} "
+                         + (f"says [{mode}]" if mode else "is not there") + " (pass hugepages=False)")
+    if hugepages and not fits:
+        raise MemoryError(f"load: hugepages=True copies {size / 2**30:.2f} GiB of weights, but only "
+                          f"{free / 2**30:.2f} GiB of memory is available (pass hugepages=False to map them "
+                          "from the files)")
+    return hugepages
+
+
+def available_memory(path: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory available without swapping (MemAvailable), None where the kernel does not say."""
+    try:
+        with open(path) as f:
+            found = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+def to_huge_pages(weights: dict) -> mmap.mmap:
+    """Copies the streamed weight arrays into one private anonymous mapping advised MADV_HUGEPAGE (2 MiB
+    aligned, each array on a 64-byte boundary) and puts read-only views of it in their place; the arrays
+    keep the mapping alive. Returns the mapping."""
+    slots = _streamed(weights)
+    offsets, total = [], 0
+    for name, i in slots:
+        offsets.append(total)
+        total += -(-weights[name][i].nbytes // 64) * 64
+    arena = mmap.mmap(-1, max(total, 1) + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    arena.madvise(mmap.MADV_HUGEPAGE)
+    raw = np.frombuffer(arena, dtype=np.uint8)
+    start = -raw.ctypes.data % _HUGE_PAGE
+    for (name, i), off in zip(slots, offsets):
+        src = weights[name][i]
+        dst = raw[start + off:start + off + src.nbytes].view(src.dtype).reshape(src.shape)
+        dst[...] = src
+        dst.flags.writeable = False
+        t = list(weights[name])
+        t[i] = dst
+        weights[name] = tuple(t)
+    return arena
 
 
 def _check_device(device) -> None:

@@ -459,7 +459,7 @@ def api_case(rng: random.Random, env: dict):
         kw = {k: awkward(rng) for k in rng.sample(["max_new_tokens", "mode", "stop", "temperature"], rng.randrange(1, 3))}
         return f"stream({prompt!r:.60}, {kw!r:.120})", lambda: list(m.stream(prompt, **kw))
     if which == 12:
-        kw = {k: awkward(rng) for k in rng.sample(["device", "dtype", "max_context", "lora", "revision"],
+        kw = {k: awkward(rng) for k in rng.sample(["device", "dtype", "max_context", "lora", "revision", "hugepages"],
                                                    rng.randrange(1, 3))}
         return f"load({kw!r:.200})", lambda: tridecode.load(env["dir"], **kw)
     cfg = dict(env["config"])
