@@ -3,14 +3,17 @@
 Measures the latency of a 1-token decode forward and of a 32-token chunk forward over a fixed cached context
 (the cache is cropped back after every timed call), median of many runs after a warm-up, and prints each
 row's memory-bandwidth floor: the weight bytes one forward reads (embedding excluded, scales included)
-divided by the machine's read bandwidth, measured in the same run.
+divided by the machine's read rate, sampled beside that row's timed runs (a shared host's rate moves from
+minute to minute). The rows the targets compare (and the huge-page A/B) run in turn for --rounds rounds.
 
-Rows: tridecode bf16 (bf16 activations, the default), bf16 with compute_dtype="float32", int8
+Rows: tridecode bf16 (bf16 activations, the default; weights in huge pages where the kernel offers them),
+bf16 with the weights mapped from the file in 4 KiB pages (hugepages=False), bf16 with compute_dtype="float32", int8
 (load(..., dtype="int8")) and fp32 weights; torch fp32 and bf16; llama.cpp bf16 / f16 / q8_0 when
 --llama-cpp DIR names a llama.cpp tree with build/bin/llama-bench and llama-quantize (its gguf-py writes the
 GGUF file from the same weights as a llama-architecture model: the same shapes and bytes; default RoPE and
 no q/k permutation, which changes no timing). Then: int8 top-1 agreement with the bf16 model over random
-tokens, and a generate at 1 thread and at the default count, on free cores and with a busy process per core.
+tokens, huge pages against 4 KiB pages in alternating decodes, and a generate at 1 thread and at the default
+count, on free cores and with a busy process per core.
 
     python benchmarks/bench_cpu.py [--hidden 1024 --layers 8 --vocab 32000 --threads 2 --runs 15]
         [--llama-cpp DIR] [--skip-contention]
@@ -19,6 +22,7 @@ tokens, and a generate at 1 thread and at the default count, on free cores and w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -212,6 +216,7 @@ def main(argv=None):
     ap.add_argument("--skip-torch-bf16", action="store_true")
     ap.add_argument("--llama-cpp", default=None, help="a llama.cpp tree with build/bin/llama-bench, llama-quantize")
     ap.add_argument("--skip-contention", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the rows run in turn (default 3)")
     args = ap.parse_args(argv)
 
     import torch
@@ -223,21 +228,35 @@ def main(argv=None):
         elems = make_checkpoint(d, args.hidden, args.layers, args.heads, args.kv_heads, args.head_dim,
                                 args.intermediate, args.vocab)
         rate = ReadRate(args.threads)
+        # The rows a target compares (tridecode bf16 and int8, llama.cpp) and the 4 KiB-page row run in turn,
+        # args.rounds times, each row the median of its rounds: a shared host's read rate moves between rows.
+        peers = {"tridecode bf16": lambda: bench_tridecode(d, args.context, args.runs, rate),
+                 "tridecode bf16, 4 KiB pages": lambda: bench_tridecode(d, args.context, args.runs, rate,
+                                                                         hugepages=False),
+                 "tridecode int8": lambda: bench_tridecode(d, args.context, args.runs, rate, dtype="int8")}
+        if args.llama_cpp:
+            for kind, (f, nbytes) in prepare_llama_cpp(args.llama_cpp, d, args, elems).items():
+                peers[f"llama.cpp {kind}"] = functools.partial(bench_llama_cpp, args.llama_cpp, f, nbytes, args, rate)
+        samples = {name: [] for name in peers}
+        for _ in range(args.rounds):
+            for name, fn in peers.items():
+                samples[name].append(fn())
         rows = {}   # name: (decode ms, chunk ms, bytes a forward reads, read rate measured beside the decodes)
-        rows["tridecode bf16"] = bench_tridecode(d, args.context, args.runs, rate)
+        rows["tridecode bf16"] = median_row(samples["tridecode bf16"])
+        rows["tridecode bf16, 4 KiB pages"] = median_row(samples["tridecode bf16, 4 KiB pages"])
         rows["tridecode bf16, fp32 compute"] = bench_tridecode(d, args.context, args.runs, rate,
                                                                compute_dtype="float32")
-        rows["tridecode int8"] = bench_tridecode(d, args.context, args.runs, rate, dtype="int8")
+        rows["tridecode int8"] = median_row(samples["tridecode int8"])
         rows["tridecode fp32 weights"] = bench_tridecode(d, args.context, args.runs, rate, dtype="float32")
         dec, chk, bw = bench_torch(d, torch.float32, args.context, args.runs, rate)
         rows["torch fp32"] = (dec, chk, elems * 4, bw)
         if not args.skip_torch_bf16:
             dec, chk, bw = bench_torch(d, torch.bfloat16, args.context, args.runs, rate)
             rows["torch bf16"] = (dec, chk, elems * 2, bw)
-        if args.llama_cpp:
-            rows.update(bench_llama_cpp(args.llama_cpp, d, args, elems, rate))
+        rows.update({name: median_row(v) for name, v in samples.items() if name.startswith("llama.cpp")})
         agree = int8_agreement(d)
         shipped = shipped_int8()
+        pages = bench_pages(d, args.context, rate)
         contention = None if args.skip_contention else bench_contention(d, args)
         best = max(rate.seen)
         rate.close()
@@ -258,11 +277,19 @@ def main(argv=None):
     print("(GB/s: the median read rate sampled before each timed decode of the row (before and after llama-bench "
           "for llama.cpp); floor = bytes one forward reads / that rate; x best = decode / (bytes / the best rate of "
           f"the whole run); llama.cpp: llama-bench tg16 and pp32 at depth {args.context})")
+    print(f"({', '.join(samples)} ran in turn, {args.rounds} rounds; each is the median of its rounds)")
     print(f"int8 vs bf16 top-1 agreement over {agree[1]} positions: {agree[0]:.4f}; mean |logit error| "
           f"{agree[2]:.4f} (logit std {agree[3]:.3f})")
     print(f"shipped model, int8 vs fp32 over {shipped[1]} positions of held-out text and source: top-1 agreement "
           f"{shipped[0]:.4f}; next-token loss fp32 {shipped[2]:.4f}, int8 {shipped[3]:.4f} "
           f"(+{shipped[3] - shipped[2]:.4f} nats)")
+    if pages is None:
+        print("huge pages: the kernel offers no transparent huge pages here (every row is in 4 KiB pages)")
+    else:
+        hp, small, ratio, n, bw = pages
+        print(f"huge pages vs 4 KiB pages, bf16 decode alternating between two loads of the checkpoint, {n} pairs: "
+              f"{hp:.2f} vs {small:.2f} ms (floor {rows['tridecode bf16'][2] / bw * 1e3:.2f} ms at {bw / 1e9:.1f} "
+              f"GB/s), 4 KiB / huge per pair {ratio:.3f}")
     if contention:
         print("generate (AR, 16 tokens after 64), ms per token:")
         for label, (one, many) in contention.items():
@@ -408,33 +435,70 @@ def bench_contention(path, args, rounds=5):
     return out
 
 
-def bench_llama_cpp(tree, path, args, elems, rate):
-    """llama.cpp rows: the checkpoint written as a bf16 GGUF, quantized to f16 and q8_0 by llama-quantize,
-    each timed by llama-bench (decode = 1000 / tg16 tokens/s, chunk = 32 tokens / pp32 tokens/s)."""
+def prepare_llama_cpp(tree, path, args, elems):
+    """The checkpoint written as a bf16 GGUF, quantized to f16 and q8_0 by llama-quantize: {kind: (file, bytes
+    a forward reads)}."""
     import subprocess
 
     sys.path.insert(0, os.path.join(tree, "gguf-py"))
     import gguf
 
-    bin_dir = os.path.join(tree, "build", "bin")
     src = os.path.join(path, "model-bf16.gguf")
     write_gguf(gguf, path, src, args)
     files = {"bf16": (src, elems * 2), "f16": (os.path.join(path, "model-f16.gguf"), elems * 2),
              "q8_0": (os.path.join(path, "model-q8_0.gguf"), elems * 34 // 32)}
     for kind in ("f16", "q8_0"):
-        subprocess.run([os.path.join(bin_dir, "llama-quantize"), src, files[kind][0], kind.upper()], check=True,
-                       capture_output=True)
-    rows = {}
-    for kind, (f, nbytes) in files.items():
-        before = rate.median(3)
-        r = subprocess.run([os.path.join(bin_dir, "llama-bench"), "-m", f, "-p", "32", "-n", "16", "-d",
-                            str(args.context), "-t", str(args.threads), "-r", str(max(3, args.runs // 3)),
-                            "-o", "json"], check=True, capture_output=True, text=True)
-        res = json.loads(r.stdout)
-        tg = next(e["avg_ts"] for e in res if e["n_gen"] > 0)
-        pp = next(e["avg_ts"] for e in res if e["n_prompt"] > 0)
-        rows[f"llama.cpp {kind}"] = (1e3 / tg, 32 / pp * 1e3, nbytes, statistics.median([before, rate.median(3)]))
-    return rows
+        subprocess.run([os.path.join(tree, "build", "bin", "llama-quantize"), src, files[kind][0], kind.upper()],
+                       check=True, capture_output=True)
+    return files
+
+
+def bench_llama_cpp(tree, gguf_file, nbytes, args, rate):
+    """One llama.cpp row timed by llama-bench (decode = 1000 / tg16 tokens/s, chunk = 32 tokens / pp32
+    tokens/s), with the read rate sampled before and after it."""
+    import subprocess
+
+    before = rate.median(3)
+    r = subprocess.run([os.path.join(tree, "build", "bin", "llama-bench"), "-m", gguf_file, "-p", "32", "-n", "16",
+                        "-d", str(args.context), "-t", str(args.threads), "-r", str(max(3, args.runs // 3)),
+                        "-o", "json"], check=True, capture_output=True, text=True)
+    res = json.loads(r.stdout)
+    tg = next(e["avg_ts"] for e in res if e["n_gen"] > 0)
+    pp = next(e["avg_ts"] for e in res if e["n_prompt"] > 0)
+    return 1e3 / tg, 32 / pp * 1e3, nbytes, statistics.median([before, rate.median(3)])
+
+
+def bench_pages(path, context, rate, pairs=100):
+    """The bf16 decode with the weights in huge pages and mapped from the file in 4 KiB pages, one load of
+    each, their decodes alternating (the order flips every pair) so both see the same host: (huge ms, 4 KiB
+    ms, median per-pair ratio 4 KiB / huge, pairs, read rate sampled before and after)."""
+    import tridecode
+    from tridecode.loader import thp_mode
+
+    if thp_mode() not in ("always", "madvise"):
+        return None
+    models = [tridecode.load(path, max_context=context + 64, hugepages=h) for h in (True, False)]
+    prompt = list(range(3, 3 + context))
+    for m in models:
+        m.forward(prompt, mode="causal", logits="last")
+    rates = [rate.sample()]
+    times = ([], [])
+    for i in range(pairs + 5):
+        for k in ((0, 1) if i % 2 else (1, 0)):
+            t0 = time.perf_counter()
+            models[k].forward([5], mode="causal", logits="last")
+            times[k].append((time.perf_counter() - t0) * 1e3)
+            models[k].crop(context)
+    rates.append(rate.sample())
+    hp, small = times[0][5:], times[1][5:]
+    return (statistics.median(hp), statistics.median(small), statistics.median(b / a for a, b in zip(hp, small)),
+            pairs, statistics.median(rates))
+
+
+def median_row(samples):
+    """(decode ms, chunk ms, bytes, read rate) rows of several rounds -> their medians (bytes are the same)."""
+    return (statistics.median(r[0] for r in samples), statistics.median(r[1] for r in samples), samples[0][2],
+            statistics.median(r[3] for r in samples))
 
 
 def write_gguf(gguf, path, out, args):
