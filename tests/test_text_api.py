@@ -145,6 +145,23 @@ def test_cancel_event_ends_generation_after_the_current_forward(model):
         model.generate(PROMPT, cancel=True)
 
 
+def test_cancel_event_set_before_the_call_runs_nothing(model):
+    cancel = threading.Event()
+    cancel.set()
+    for kw in MODES[:3]:
+        model.reset()
+        model.forward([5, 6, 7])             # a cache the call would have reset before its prefill
+        runs, chunks = [], []
+        r = model.generate(PROMPT, max_new_tokens=20, on_tokens=runs.append, on_chunk=chunks.append, cancel=cancel,
+                           stop=["zz"], logprobs=True, **kw)
+        assert (r.tokens, r.text, r.forwards, r.nfe, r.finish_reason) == ([], "", 0, 0, "cancelled"), kw
+        assert r.logprobs == [] and runs == [] and chunks == [] and r.mode == kw["mode"], kw
+        assert r.prompt_tokens == len(model.encode(PROMPT))
+        assert model.cache_length == 3, kw
+    fresh = model.generate(PROMPT, max_new_tokens=4)    # the next call runs as usual
+    assert len(fresh.tokens) == 4 and fresh.finish_reason == "length"
+
+
 def _teacher_forced_logprobs(model, prompt_ids, tokens):
     model.reset()
     logits = model.forward(prompt_ids + tokens[:-1]).astype(np.float64)

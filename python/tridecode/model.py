@@ -291,7 +291,8 @@ class Model:
         on_chunk: called with a StreamChunk (text, tokens, logprobs) per committed run; the chunks' texts
             add up to result.text (see also `stream`).
         cancel: a threading.Event; once set, generation ends after the current forward and the result holds
-            what was committed, with finish_reason "cancelled".
+            what was committed, with finish_reason "cancelled" (set before the call: no forward runs and
+            no token comes out).
         """
         return self._execute(self._prepare(prompt, mode=mode, max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -403,13 +404,16 @@ class Model:
             text = TextTracker(self.tokenizer, stop) if follow else None
             return Emitter(max_new_tokens, eos, on_tokens, text=text, on_chunk=on_chunk or stream_chunk,
                            logprobs=logprobs, cancel=cancel or stream_cancel)
-        return _Prepared(run, emitter, len(ids))
+        return _Prepared(run, emitter, len(ids), mode)
 
     @_locked
     def _execute(self, job: "_Prepared", stream_chunk=None, stream_cancel=None) -> GenerateResult:
         """Runs a prepared call; stream() passes its own chunk callback and cancel event."""
         out = job.emitter(stream_chunk, stream_cancel)
-        result = job.run(out)
+        if out.cancelled:   # set before the call: not even the prefill runs
+            result = GenerateResult(tokens=[], mode=job.mode, nfe=0, forwards=0, seconds=0.0)
+        else:
+            result = job.run(out)
         result.finish_reason = out.finish()
         result.prompt_tokens = job.prompt_tokens
         result.logprobs = out.logprobs
@@ -495,8 +499,8 @@ class Model:
 class _Prepared:
     """A checked generate call: run(emitter) -> GenerateResult, and the emitter factory."""
 
-    def __init__(self, run, emitter, prompt_tokens: int):
-        self.run, self.emitter, self.prompt_tokens = run, emitter, prompt_tokens
+    def __init__(self, run, emitter, prompt_tokens: int, mode: str):
+        self.run, self.emitter, self.prompt_tokens, self.mode = run, emitter, prompt_tokens, mode
 
 
 class TokenStream:
