@@ -411,6 +411,29 @@ def test_hugepages_copy_streamed_weights_and_keep_logits(big_checkpoint):
         assert huge.generate([5, 6, 7], **kw).tokens == mapped.generate([5, 6, 7], **kw).tokens, mode
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@needs_thp
+def test_hugepages_are_released_with_the_model(big_checkpoint):
+    import gc
+
+    directory, _ = big_checkpoint
+    copy = None
+    for i in range(12):
+        m = tridecode.load(directory, max_context=64, hugepages=True)
+        logits_of(m, [1, 2, 3])
+        copy = copy or sum(a.nbytes for name, (a, _) in m._weights.items() if name != "embed")
+        del m
+        gc.collect()
+        if i == 1:
+            before = rss_bytes()
+    grown = rss_bytes() - before
+    assert grown < 2 * copy, f"RSS grew {grown / 2**20:.1f} MiB over 10 loads of {copy / 2**20:.1f} MiB copies"
+
+
 @needs_thp
 def test_hugepages_keep_int8_and_converted_weights(big_checkpoint):
     directory, _ = big_checkpoint

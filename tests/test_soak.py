@@ -30,7 +30,7 @@ def run(body: str, timeout: int = 600) -> str:
     p = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
                        timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
-    return p.stdout
+    return p.stdout.strip().splitlines()[-1]    # the body's result line (an editable install may print first)
 
 
 def test_memory_is_flat_over_generations_and_loads():
