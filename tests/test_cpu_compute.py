@@ -134,4 +134,5 @@ def test_version_names_the_cpu_paths():
     out = subprocess.run([sys.executable, "-m", "tridecode", "--version"], capture_output=True, text=True, timeout=60)
     p = _C.cpu_paths()
     assert out.returncode == 0
-    assert f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']})" in out.stdout
+    assert (f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']}, "
+            f"amx: {p['amx']})") in out.stdout

@@ -32,7 +32,16 @@ def test_sets_are_listed_and_the_best_is_the_default():
     assert SETS[0] == "generic"
     assert _C.cpu_paths()["kernels"] == SETS[-1]
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if " avx512_bf16" in flags and " avx512_vnni" in flags and " avx512bw" in flags:
+    amx = _C.cpu_paths()["amx"]
+    if " amx_bf16" in flags and " amx_tile" in flags:
+        # the tiles must run (their self-test passed) unless the kernel refused this process the tile state
+        assert amx in ("ok", "emulated") or "arch_prctl" in amx or amx == "not built", amx
+    elif amx != "emulated":
+        assert amx in ("no amx_bf16", "not built"), amx
+    if amx in ("ok", "emulated"):
+        assert SETS[-1] == "amx_bf16" and SETS[-2] != "amx_bf16"
+        assert _C.cpu_paths()["bf16"].startswith("AMX tiles")
+    elif " avx512_bf16" in flags and " avx512_vnni" in flags and " avx512bw" in flags:
         assert SETS[-1] == "avx512_bf16"
     if " avx2" in flags:
         assert "avx2" in SETS

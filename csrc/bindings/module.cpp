@@ -389,8 +389,9 @@ PYBIND11_MODULE(_C, m) {
     d["kernels"] = k.isa;
     d["bf16"] = k.bf16_path;
     d["int8"] = k.int8_path;
+    d["amx"] = td::cpu::amx_availability();
     return d;
-  }, "the CPU kernel set in use and what bf16 and int8 products run on");
+  }, "the CPU kernel set in use, what bf16 and int8 products run on, and whether AMX tiles may run here");
   m.def("cpu_kernel_sets", &td::cpu::available_kernels, "the kernel sets this CPU can run, weakest first");
   m.def("use_cpu_kernels", &td::cpu::use_kernels, py::arg("name"),
         "switches every later CPU product to a kernel set of cpu_kernel_sets() (for parity tests)");

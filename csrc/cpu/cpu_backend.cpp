@@ -64,31 +64,59 @@ int omp_thread_id() { return omp_get_thread_num(); }
 int omp_team_size() { return omp_get_num_threads(); }
 
 namespace {
-// Every kernel set this CPU can run, weakest first.
-std::vector<SimdKernels> kernel_sets() {
+// Every instruction-set level this CPU can run, weakest first.
+std::vector<SimdKernels> isa_sets() {
   std::vector<SimdKernels> sets;
   sets.push_back({"generic", dot_tile_generic, to_f32_generic, dot_generic, nullptr, "fp32 fma (generic)",
-                  dot_tile_i8_generic, "int32 loops (generic)"});
+                  dot_tile_i8_generic, "int32 loops (generic)", nullptr});
 #if defined(__x86_64__) && defined(TD_HAVE_X86_KERNELS)
   __builtin_cpu_init();
   if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return sets;
   sets.push_back({"avx2", dot_tile_avx2, to_f32_avx2, dot_avx2, nullptr, "fp32 fma (avx2)", dot_tile_i8_avx2,
-                  "vpmaddwd (avx2)"});
+                  "vpmaddwd (avx2)", nullptr});
   if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl")))
     return sets;
   sets.push_back({"avx512", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
-                  dot_tile_i8_avx512, "vpmaddwd (avx2)"});
+                  dot_tile_i8_avx512, "vpmaddwd (avx2)", nullptr});
   if (!__builtin_cpu_supports("avx512vnni")) return sets;
   sets.push_back({"avx512_vnni", dot_tile_avx512, to_f32_avx512, dot_avx512, nullptr, "fp32 fma (avx512)",
-                  dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)"});
+                  dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)", nullptr});
   if (!__builtin_cpu_supports("avx512bf16")) return sets;
   sets.push_back({"avx512_bf16", dot_tile_avx512, to_f32_avx512, dot_avx512, dot_tile_bf16_avx512bf16,
-                  "vdpbf16ps (avx512_bf16)", dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)"});
+                  "vdpbf16ps (avx512_bf16)", dot_tile_i8_vnni, "vpdpwssd (avx512_vnni)", nullptr});
 #endif
   return sets;
 }
 
+// The levels, then AMX tiles for bf16 products on top of the best of them where they may run.
+std::vector<SimdKernels> kernel_sets() {
+  std::vector<SimdKernels> sets = isa_sets();
+#if defined(TD_HAVE_AMX)
+  const std::string& amx = amx_bf16_status();
+  if (amx == "ok" || amx == "emulated") {
+    SimdKernels k = sets.back();
+    k.isa = "amx_bf16";
+    k.dot_tile_bf16 = dot_tile_bf16_amx;
+    k.pack_bf16 = pack_bf16_amx;
+    k.bf16_path = amx == "ok" ? "AMX tiles (amx_bf16)" : "AMX tiles (emulated: TRIDECODE_AMX=EMU build)";
+    sets.push_back(k);
+  }
+#endif
+  return sets;
+}
+
+}  // namespace
+
+std::string amx_availability() {
+#if defined(TD_HAVE_AMX)
+  return amx_bf16_status();
+#else
+  return "not built";
+#endif
+}
+
+namespace {
 const std::vector<SimdKernels>& all_sets() {
   static const std::vector<SimdKernels> sets = kernel_sets();
   return sets;

@@ -11,6 +11,7 @@ namespace {
 // Scratch of the calling thread: a product prepares its x there and its tiles only read it.
 thread_local std::vector<float> t_xf;
 thread_local std::vector<uint16_t> t_x16;
+thread_local std::vector<uint16_t> t_xpack;   // x16 as the kernel set packs it (AMX tiles)
 thread_local std::vector<int16_t> t_xq;
 thread_local std::vector<float> t_xs;
 // Scratch of each worker thread.
@@ -61,6 +62,11 @@ ProductInput::ProductInput(const float* x, int m, const WeightView& w) : K_(simd
       t_x16.resize(count);
       for (size_t i = 0; i < count; ++i) t_x16[i] = f32_to_bf16(x[i]);
       x16_ = t_x16.data();
+      if (K_.pack_bf16 != nullptr) {
+        t_xpack.resize(static_cast<size_t>(K_.pack_bf16(x16_, m, w.cols, nullptr)));
+        K_.pack_bf16(x16_, m, w.cols, t_xpack.data());
+        x16_ = t_xpack.data();
+      }
     } else {   // the same products in fp32: a bf16 times a bf16 is exact in fp32
       t_xf.resize(count);
       for (size_t i = 0; i < count; ++i) t_xf[i] = bf16_to_f32(f32_to_bf16(x[i]));
@@ -74,8 +80,8 @@ ProductInput::ProductInput(const float* x, int m, const WeightView& w) : K_(simd
 void ProductInput::tile(const WeightView& w, int64_t r0, int nr, float* out, int64_t ldo) const {
   const void* rows[kMaxTile];
   if (path_ == Path::I8) {
-    const int8_t* qrows[kMaxTile];
-    const uint16_t* scales[kMaxTile];
+    const int8_t* qrows[kMaxTile] = {};
+    const uint16_t* scales[kMaxTile] = {};
     for (int j = 0; j < nr; ++j) {
       qrows[j] = reinterpret_cast<const int8_t*>(w.row_ptr(r0 + j));
       scales[j] = w.scales + (r0 + j) * w.groups();

@@ -1,8 +1,8 @@
 // One product x @ W^T on the CPU, split into tiles of weight rows that threads share out. The x side is
 // prepared once per call, on the calling thread, for the weight's compute path:
 // - fp32 and f16 weights, and bf16 weights without round_input: fp32 x (f16 rows are widened per tile);
-// - bf16 weights with round_input: x rounded to bf16, multiplied on vdpbf16ps where the CPU has it, else as
-//   fp32 products of the rounded values;
+// - bf16 weights with round_input: x rounded to bf16, multiplied on AMX tiles or vdpbf16ps where the CPU has
+//   them (AMX: x packed once here into the kernel's tile layout), else as fp32 products of the rounded values;
 // - int8 weights (a bf16 scale per group of 32): x quantized per row to int16 (symmetric, scale
 //   max|x| / 32767), each group's products summed exactly in int32 and scaled into fp32, then times the x
 //   scale. int16 rather than int8 activations: on a 1024-deep product of Gaussian data the relative error is

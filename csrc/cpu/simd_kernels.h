@@ -33,9 +33,14 @@ struct SimdKernels {
   const char* bf16_path;   // what bf16 x bf16 products run on
   DotTileI8 dot_tile_i8;
   const char* int8_path;   // what int8 products run on
+  // null: dot_tile_bf16 reads x [m, k] as it is; else x is first packed once per product (this returns the
+  // packed size in bf16 values when `packed` is null) and dot_tile_bf16 reads the packed form.
+  int64_t (*pack_bf16)(const uint16_t* x, int m, int64_t k, uint16_t* packed);
 };
 
 const SimdKernels& simd();
+// Whether AMX-BF16 tiles run here: "ok", "emulated", or why not ("not built", "no amx_bf16", ...).
+std::string amx_availability();
 // The kernel sets this CPU can run, weakest first (the last is the default).
 std::vector<std::string> available_kernels();
 // Switches every later product to the named set (one of available_kernels()); throws otherwise.
@@ -56,5 +61,10 @@ TD_DECLARE_SIMD(avx512)
 void dot_tile_bf16_avx512bf16(const uint16_t*, int, int64_t, const void* const*, int, float*, int64_t);
 void dot_tile_i8_vnni(const int16_t*, int, int64_t, const int8_t* const*, const uint16_t* const*, int, float*,
                       int64_t);
+// simd_amx.cpp: AMX-BF16 tiles (x packed by pack_bf16_amx), and whether they may run here: "ok" (or
+// "emulated" in a TRIDECODE_AMX=EMU build), else why not.
+int64_t pack_bf16_amx(const uint16_t*, int, int64_t, uint16_t*);
+void dot_tile_bf16_amx(const uint16_t*, int, int64_t, const void* const*, int, float*, int64_t);
+const std::string& amx_bf16_status();
 
 }  // namespace td::cpu

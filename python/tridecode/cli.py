@@ -145,7 +145,7 @@ def _version() -> str:
     if tridecode.cuda_emulated():
         cuda += " (emulated: TRIDECODE_CUDA=EMU build, kernels run on the CPU)"
     p = _C.cpu_paths()
-    cpu = f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']})"
+    cpu = f"cpu kernels: {p['kernels']} (bf16 products: {p['bf16']}, int8 products: {p['int8']}, amx: {p['amx']})"
     return f"tridecode {tridecode.__version__} ({cpu}, threads: {_C.num_threads()}, {cuda})"
 
 
