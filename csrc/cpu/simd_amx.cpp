@@ -2,8 +2,8 @@
 // row's bits never depend on its batch and decode and verification multiply alike.
 //
 // C^T = W x^T with the weight rows as A tiles just as they lie in memory (up to 8 rows x 32 k, row stride k)
-// and x packed once per product (pack_bf16_amx) into B tiles: 16 k-pairs x 16 tokens, the two values of a
-// pair side by side, as TDPBF16PS reads them. C is rows x tokens in fp32. The K-tiles of 32 go to four
+// and x packed once per product (pack_bf16_amx) into B tiles: 16 k-pairs x up to 16 tokens, the two values
+// of a pair side by side, as TDPBF16PS reads them. C is rows x tokens in fp32. The K-tiles of 32 go to four
 // accumulator tiles in turn (K-tile t into C[t mod 4], so four chains overlap) which are added at the end as
 // (C0 + C1) + (C2 + C3): the same order for any m and any nr. The last, partial K-tile is read from a
 // zero-padded copy (a zero product adds nothing), so no tile load reads past a row.
@@ -28,7 +28,6 @@ namespace {
 constexpr int kTokens = 16;            // B and C tile columns
 constexpr int kPairs = 16;             // B tile rows: k-pairs of one K-tile
 constexpr int kDepth = 2 * kPairs;     // k per K-tile
-constexpr int kBlock = kPairs * kTokens * 2;   // bf16 values of one packed B tile
 constexpr int kMaxRows = 8;
 
 // The 64-byte operand of LDTILECFG (palette 1).
@@ -63,20 +62,27 @@ void configure(int rows, int tokens) {
 
 int64_t k_tiles(int64_t k) { return (k + kDepth - 1) / kDepth; }
 
+// Tokens m0.. of x in B tiles: block (token block, K-tile) holds 16 k-pairs x `width` tokens (16, or what
+// the last block has), so m = 1 packs to x itself (a K-tile's 16 pairs in a row).
+int64_t b_block(int m, int64_t kts, int m0, int64_t kt) {
+  const int width = m - m0 < kTokens ? m - m0 : kTokens;
+  return static_cast<int64_t>(m0) * kts * kDepth + kt * kDepth * width;
+}
+
 }  // namespace
 
 int64_t pack_bf16_amx(const uint16_t* x, int m, int64_t k, uint16_t* packed) {
   const int64_t kts = k_tiles(k);
-  const int mblocks = (m + kTokens - 1) / kTokens;
-  const int64_t size = static_cast<int64_t>(mblocks) * kts * kBlock;
+  const int64_t size = static_cast<int64_t>(m) * kts * kDepth;
   if (packed == nullptr) return size;
-  std::memset(packed, 0, static_cast<size_t>(size) * sizeof(uint16_t));
-  // packed[mb][kt][p][t][e] = x[mb * 16 + t][kt * 32 + 2p + e]
+  if (k % kDepth != 0) std::memset(packed, 0, static_cast<size_t>(size) * sizeof(uint16_t));   // the K tail
+  // block (m0, kt)[p][t][e] = x[m0 + t][kt * 32 + 2p + e]
   for (int i = 0; i < m; ++i) {
-    const int mb = i / kTokens, t = i % kTokens;
+    const int m0 = i / kTokens * kTokens, t = i - m0;
+    const int width = m - m0 < kTokens ? m - m0 : kTokens;
     for (int64_t c = 0; c < k; ++c) {
       const int64_t kt = c / kDepth, p = (c % kDepth) / 2, e = c % 2;
-      packed[(static_cast<int64_t>(mb) * kts + kt) * kBlock + (p * kTokens + t) * 2 + e] = x[i * k + c];
+      packed[b_block(m, kts, m0, kt) + (p * width + t) * 2 + e] = x[i * k + c];
     }
   }
   return size;
@@ -103,7 +109,6 @@ void dot_tile_bf16_amx(const uint16_t* xp, int m, int64_t k, const void* const* 
     _tile_zero(5);
     _tile_zero(6);
     _tile_zero(7);
-    const uint16_t* b = xp + (m0 / kTokens) * kts * kBlock;
     for (int64_t kt = 0; kt < kts; ++kt) {
       const void* a = tail;
       int64_t stride = sizeof tail[0];
@@ -115,26 +120,27 @@ void dot_tile_bf16_amx(const uint16_t* xp, int m, int64_t k, const void* const* 
         a = rows;
         stride = sizeof rows[0];
       }
-      const void* bt = b + kt * kBlock;
+      const void* bt = xp + b_block(m, kts, m0, kt);
+      const int64_t bstride = 4 * tokens;
       switch (kt & 3) {   // tile numbers are immediates
         case 0:
           _tile_loadd(0, a, stride);
-          _tile_loadd(2, bt, 4 * kTokens);
+          _tile_loadd(2, bt, bstride);
           _tile_dpbf16ps(4, 0, 2);
           break;
         case 1:
           _tile_loadd(1, a, stride);
-          _tile_loadd(3, bt, 4 * kTokens);
+          _tile_loadd(3, bt, bstride);
           _tile_dpbf16ps(5, 1, 3);
           break;
         case 2:
           _tile_loadd(0, a, stride);
-          _tile_loadd(2, bt, 4 * kTokens);
+          _tile_loadd(2, bt, bstride);
           _tile_dpbf16ps(6, 0, 2);
           break;
         default:
           _tile_loadd(1, a, stride);
-          _tile_loadd(3, bt, 4 * kTokens);
+          _tile_loadd(3, bt, bstride);
           _tile_dpbf16ps(7, 1, 3);
           break;
       }
@@ -182,8 +188,8 @@ std::string self_test() {
   uint16_t x[m * k], wt[n * k];
   for (int i = 0; i < m * k; ++i) x[i] = to_bf16(static_cast<float>((i * 37 % 23) - 11) / 8.0f);
   for (int i = 0; i < n * k; ++i) wt[i] = to_bf16(static_cast<float>((i * 53 % 29) - 14) / 16.0f);
-  uint16_t packed[2 * 3 * kBlock], one[1 * 3 * kBlock];
-  if (pack_bf16_amx(x, m, k, nullptr) != 2 * 3 * kBlock) return "self-test: packed size";
+  uint16_t packed[m * 3 * kDepth], one[3 * kDepth];
+  if (pack_bf16_amx(x, m, k, nullptr) != m * 3 * kDepth) return "self-test: packed size";
   pack_bf16_amx(x, m, k, packed);
   float got[m * n], alone[n];
   for (int r0 = 0; r0 < n; r0 += kMaxRows) {
