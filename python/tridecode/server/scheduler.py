@@ -97,29 +97,34 @@ class Scheduler:
             # Marked running before the checks: a concurrent close() either finds it here and cancels it,
             # or has set _closing before the check below.
             self._running = job
+            last = None
             try:
                 if self._closing:
-                    job.post(shutting_down())
+                    last = shutting_down()
                 elif job.cancel.is_set():  # the client left while the job waited
                     if self.metrics is not None:
                         self.metrics.count_cancelled()
                 else:
-                    self._run(job)
+                    last = self._run(job)
             finally:
                 self._running = None
+            # Posted once the job no longer counts as running: a client that has its answer and then reads
+            # /metrics sees the queue without it.
+            if last is not None:
+                job.post(last)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> Event:
+        """Runs the job (streaming its chunks); returns its last event: the result or the exception."""
         try:
             result = job.run(job.post if job.stream else None, job.cancel)
         except Exception as e:             # reported to the client; bad-argument errors are the usual ones
             if not isinstance(e, (ValueError, TypeError)):
                 log.exception("generation failed")
-            job.post(e)
-            return
+            return e
         # Metrics first, so that they include this generation once its client has the answer.
         if self.metrics is not None:
             self.metrics.observe_generation(result.prompt_tokens, len(result.tokens), result.forwards,
                                             result.seconds, result.accepted_per_cycle)
             if result.finish_reason == "cancelled":
                 self.metrics.count_cancelled()
-        job.post(result)
+        return result
