@@ -62,11 +62,13 @@ void configure(int rows, int tokens) {
 
 int64_t k_tiles(int64_t k) { return (k + kDepth - 1) / kDepth; }
 
+// Tokens in the block of 16 that starts at m0 (the last block may have fewer).
+int block_width(int m, int m0) { return m - m0 < kTokens ? m - m0 : kTokens; }
+
 // Tokens m0.. of x in B tiles: block (token block, K-tile) holds 16 k-pairs x `width` tokens (16, or what
 // the last block has), so m = 1 packs to x itself (a K-tile's 16 pairs in a row).
 int64_t b_block(int m, int64_t kts, int m0, int64_t kt) {
-  const int width = m - m0 < kTokens ? m - m0 : kTokens;
-  return static_cast<int64_t>(m0) * kts * kDepth + kt * kDepth * width;
+  return static_cast<int64_t>(m0) * kts * kDepth + kt * kDepth * block_width(m, m0);
 }
 
 }  // namespace
@@ -79,7 +81,7 @@ int64_t pack_bf16_amx(const uint16_t* x, int m, int64_t k, uint16_t* packed) {
   // block (m0, kt)[p][t][e] = x[m0 + t][kt * 32 + 2p + e]
   for (int i = 0; i < m; ++i) {
     const int m0 = i / kTokens * kTokens, t = i - m0;
-    const int width = m - m0 < kTokens ? m - m0 : kTokens;
+    const int width = block_width(m, m0);
     for (int64_t c = 0; c < k; ++c) {
       const int64_t kt = c / kDepth, p = (c % kDepth) / 2, e = c % 2;
       packed[b_block(m, kts, m0, kt) + (p * width + t) * 2 + e] = x[i * k + c];
@@ -103,7 +105,7 @@ void dot_tile_bf16_amx(const uint16_t* xp, int m, int64_t k, const void* const* 
   }
   alignas(64) float c[4][kMaxRows][kTokens];
   for (int m0 = 0; m0 < m; m0 += kTokens) {
-    const int tokens = m - m0 < kTokens ? m - m0 : kTokens;
+    const int tokens = block_width(m, m0);
     configure(nr, tokens);
     _tile_zero(4);
     _tile_zero(5);
@@ -166,19 +168,6 @@ bool tile_data_permitted() {
 }
 #endif
 
-uint16_t to_bf16(float f) {   // round to nearest even (finite values only)
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return static_cast<uint16_t>((u + 0x7fff + (u >> 16 & 1)) >> 16);
-}
-
-float from_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 // A 19 x 70 product (two token blocks, a partial K-tile, rows 8 + 8 + 3) against plain fp32 sums; each row
 // of x alone, and the weight rows given in reverse order (not one strided tile), against the batch, bit for
 // bit.
@@ -186,8 +175,8 @@ std::string self_test() {
   constexpr int m = 19, n = 19;
   constexpr int64_t k = 70;
   uint16_t x[m * k], wt[n * k];
-  for (int i = 0; i < m * k; ++i) x[i] = to_bf16(static_cast<float>((i * 37 % 23) - 11) / 8.0f);
-  for (int i = 0; i < n * k; ++i) wt[i] = to_bf16(static_cast<float>((i * 53 % 29) - 14) / 16.0f);
+  for (int i = 0; i < m * k; ++i) x[i] = f32_to_bf16(static_cast<float>((i * 37 % 23) - 11) / 8.0f);
+  for (int i = 0; i < n * k; ++i) wt[i] = f32_to_bf16(static_cast<float>((i * 53 % 29) - 14) / 16.0f);
   uint16_t packed[m * 3 * kDepth], one[3 * kDepth];
   if (pack_bf16_amx(x, m, k, nullptr) != m * 3 * kDepth) return "self-test: packed size";
   pack_bf16_amx(x, m, k, packed);
@@ -211,7 +200,7 @@ std::string self_test() {
     for (int j = 0; j < n; ++j) {
       double want = 0, mag = 0;
       for (int64_t c = 0; c < k; ++c) {
-        const double p = static_cast<double>(from_bf16(x[i * k + c])) * from_bf16(wt[j * k + c]);
+        const double p = static_cast<double>(bf16_to_f32(x[i * k + c])) * bf16_to_f32(wt[j * k + c]);
         want += p;
         mag += std::fabs(p);
       }
