@@ -473,9 +473,9 @@ def bench_pages(path, context, rate, pairs=100):
     each, their decodes alternating (the order flips every pair) so both see the same host: (huge ms, 4 KiB
     ms, median per-pair ratio 4 KiB / huge, pairs, read rate sampled before and after)."""
     import tridecode
-    from tridecode.loader import thp_mode
+    from tridecode.loader import hugepages_available
 
-    if thp_mode() not in ("always", "madvise"):
+    if not hugepages_available():
         return None
     models = [tridecode.load(path, max_context=context + 64, hugepages=h) for h in (True, False)]
     prompt = list(range(3, 3 + context))

@@ -175,7 +175,7 @@ def test_hugepages_option(model):
     from tridecode import cli, loader
 
     parser = cli.build_parser()
-    values = [("off", True)] + ([("on", False)] if loader.thp_mode() in ("always", "madvise") else [])
+    values = [("off", True)] + ([("on", False)] if loader.hugepages_available() else [])
     for value, file_backed in values:
         loaded = cli.load_model(parser, parser.parse_args(["generate", "-p", PROMPT, "--hugepages", value]))
         assert _file_backed(loaded._weights["layers.0.q"][0]) == file_backed, value

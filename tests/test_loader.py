@@ -357,7 +357,7 @@ def test_load_does_not_copy_weights(big_checkpoint):
 # huge pages
 # ---------------------------------------------------------------------------------------------------------
 
-needs_thp = pytest.mark.skipif(loader.thp_mode() not in ("always", "madvise"),
+needs_thp = pytest.mark.skipif(not loader.hugepages_available(),
                                reason=f"no transparent huge pages ({loader.THP_SETTING}: {loader.thp_mode()})")
 
 

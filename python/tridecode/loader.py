@@ -331,24 +331,29 @@ def _streamed(weights: dict) -> list[tuple[str, int]]:
             for i, a in enumerate(t) if isinstance(a, np.ndarray)]
 
 
+def hugepages_available() -> bool:
+    """Whether a mapping can be advised into transparent huge pages here (THP always or madvise)."""
+    return thp_mode() in ("always", "madvise") and hasattr(mmap, "MADV_HUGEPAGE")
+
+
 def _use_hugepages(hugepages: bool | None, device: str, weights: dict) -> bool:
-    if device != "cpu":
+    if device != "cpu" or hugepages is False:
         return False
-    mode = thp_mode()
-    available = mode in ("always", "madvise") and hasattr(mmap, "MADV_HUGEPAGE")
+    available = hugepages_available()
     size = sum(weights[n][i].nbytes for n, i in _streamed(weights))
     free = available_memory()
     fits = free is None or size <= 0.75 * free
     if hugepages is None:
         return available and fits and size >= HUGEPAGES_MIN_BYTES
-    if hugepages and not available:
+    if not available:                       # hugepages=True from here on
+        mode = thp_mode()
         raise ValueError(f"load: hugepages=True needs transparent huge pages, but {THP_SETTING} "
                          + (f"says [{mode}]" if mode else "is not there") + " (pass hugepages=False)")
-    if hugepages and not fits:
+    if not fits:
         raise MemoryError(f"load: hugepages=True copies {size / 2**30:.2f} GiB of weights, but only "
                           f"{free / 2**30:.2f} GiB of memory is available (pass hugepages=False to map them "
                           "from the files)")
-    return hugepages
+    return True
 
 
 def available_memory(path: str = "/proc/meminfo") -> int | None:
